@@ -1,0 +1,79 @@
+"""torch backend for TorchScript models (cpu, cuda, mps); never unpickles arbitrary objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceNotAvailableError, ModelError
+from .base import Backend
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise DeviceNotAvailableError(
+            "the torch backend needs PyTorch: pip install 'wsi-infer[torch]'"
+        ) from exc
+    return torch
+
+
+def available_devices() -> list[str]:
+    """Devices torch can use here."""
+    try:
+        torch = _torch()
+    except DeviceNotAvailableError:
+        return []
+    devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return [*devices, "cpu"]
+
+
+def _resolve_device(device: str) -> str:
+    available = available_devices()
+    if device == "auto":
+        return available[0]
+    wanted = "cuda:0" if device == "cuda" else device
+    if wanted not in available:
+        raise DeviceNotAvailableError(
+            f"device {device!r} is not available to torch here; available: {', '.join(available)}"
+        )
+    return wanted
+
+
+class TorchBackend(Backend):
+    """A TorchScript model loaded with ``torch.jit.load`` on one device."""
+
+    name = "torch"
+
+    def __init__(
+        self, model_path: Path, device: str = "cpu", threads: int | None = None, fp16: bool = False
+    ) -> None:
+        torch = _torch()
+        resolved = _resolve_device(device)
+        if fp16 and resolved == "cpu":
+            raise DeviceNotAvailableError("fp16 is only supported on cuda and mps devices")
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            model = torch.jit.load(str(model_path), map_location=resolved)
+        except Exception as exc:  # torch raises RuntimeError and others for bad archives
+            raise ModelError(f"{model_path}: not a TorchScript archive torch can load: {exc}") from exc
+        model.eval()
+        self._dtype = torch.float16 if fp16 else torch.float32
+        self._model = model.to(dtype=self._dtype)
+        self._torch = torch
+        super().__init__(device=resolved)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device, dtype=self._dtype)
+            if x.ndim == 4 and x.shape[1] == 3:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = self._model(x)
+            return y.float().cpu().numpy()  # type: ignore[no-any-return]

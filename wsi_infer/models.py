@@ -1,0 +1,209 @@
+"""Model cards: load, validate, verify checksums; the built-in model registry.
+
+A model card is a JSON file beside the weights; its format is the JSON schema in
+``wsi_infer/schemas/model-card.schema.json`` and is documented in ``docs/model-card.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+
+from .errors import ChecksumError, ModelError
+
+WeightsFormat = Literal["onnx", "torchscript"]
+Activation = Literal["softmax", "sigmoid", "none"]
+#: Folder of built-in models: ``models/<name>/card.json`` in the source tree.
+BUILTIN_MODELS_DIR = Path(os.environ.get("WSI_INFER_MODELS", Path(__file__).resolve().parents[1] / "models"))
+DEFAULT_MODEL = "tissue"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output channel."""
+
+    name: str
+    color: str
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file and the checksum it must have."""
+
+    format: WeightsFormat
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects as input."""
+
+    layout: Literal["NCHW", "NHWC"]
+    channel_order: Literal["RGB", "BGR"]
+    size: tuple[int, int] | None  # (height, width) when fixed
+    size_multiple: int
+    tile_size: int
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A validated model card."""
+
+    name: str
+    version: str
+    description: str
+    weights: tuple[WeightsFile, ...]
+    input: InputSpec
+    mpp: float
+    receptive_margin: int
+    classes: tuple[ClassInfo, ...]
+    activation: Activation
+    output_range: tuple[float, float]
+    license: str
+    citation: str
+    path: Path
+
+    def weights_for(self, fmt: WeightsFormat) -> WeightsFile:
+        """The weights file in ``fmt``; a clear error if the card has none."""
+        for weights in self.weights:
+            if weights.format == fmt:
+                return weights
+        have = ", ".join(w.format for w in self.weights)
+        raise ModelError(f"{self.path}: model {self.name!r} has no {fmt} weights (it has: {have})")
+
+    @property
+    def sha256(self) -> str:
+        """The checksum of the first weights file, which identifies the model."""
+        return self.weights[0].sha256
+
+
+_DEFAULT_COLORS = ("#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files("wsi_infer").joinpath("schemas/model-card.schema.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def parse_card(data: object, path: Path) -> ModelCard:
+    """Validate card data against the schema; errors name the file and the field."""
+    validator = jsonschema.Draft202012Validator(_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ModelError(f"{path}: invalid model card: field {where}: {error.message}")
+    assert isinstance(data, dict)
+    inp, out = data["input"], data["output"]
+    size = tuple(inp["size"]) if inp.get("size") else None
+    classes = tuple(
+        ClassInfo(c["name"], c.get("color", _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]))
+        for i, c in enumerate(out["classes"])
+    )
+    activation = out["activation"]
+    default_range = (float("-inf"), float("inf")) if activation == "none" else (0.0, 1.0)
+    return ModelCard(
+        name=data["name"],
+        version=data["version"],
+        description=data.get("description", ""),
+        weights=tuple(
+            WeightsFile(w["format"], _resolve(path, w["file"]), w["sha256"]) for w in data["weights"]
+        ),
+        input=InputSpec(
+            layout=inp["layout"],
+            channel_order=inp["channel_order"],
+            size=size,  # type: ignore[arg-type]
+            size_multiple=int(inp.get("size_multiple", 1)),
+            tile_size=int(inp.get("tile_size", size[0] if size else 512)),
+            scale=float(inp["scale"]),
+            mean=tuple(float(v) for v in inp["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in inp["std"]),  # type: ignore[arg-type]
+        ),
+        mpp=float(data["mpp"]),
+        receptive_margin=int(data["receptive_margin"]),
+        classes=classes,
+        activation=activation,
+        output_range=tuple(out.get("range", default_range)),  # type: ignore[arg-type]
+        license=data.get("license", "unknown"),
+        citation=data.get("citation", ""),
+        path=path,
+    )
+
+
+def _resolve(card_path: Path, file: str) -> Path:
+    weights = (card_path.parent / file).resolve()
+    if card_path.parent.resolve() not in weights.parents:
+        raise ModelError(f"{card_path}: weights file {file!r} lies outside the card's folder")
+    return weights
+
+
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """Read and validate a model card file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: model card not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read model card: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: model card is not valid JSON: {exc}") from exc
+    return parse_card(data, path)
+
+
+def builtin_models() -> dict[str, Path]:
+    """Names and card paths of the models shipped in ``models/``."""
+    if not BUILTIN_MODELS_DIR.is_dir():
+        return {}
+    return {p.parent.name: p for p in sorted(BUILTIN_MODELS_DIR.glob("*/card.json"))}
+
+
+def resolve_model(spec: str) -> ModelCard:
+    """A built-in model name or a path to a card."""
+    builtin = builtin_models()
+    if spec in builtin:
+        return load_card(builtin[spec])
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "card.json"
+    if path.suffix == ".json" or path.exists():
+        return load_card(path)
+    raise ModelError(
+        f"unknown model {spec!r}: not a built-in model ({', '.join(builtin) or 'none installed'})"
+        " and not a card file"
+    )
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified_weights(card: ModelCard, fmt: WeightsFormat) -> Path:
+    """The path of ``card``'s weights in ``fmt``, after checking their sha256."""
+    weights = card.weights_for(fmt)
+    if not weights.path.is_file():
+        raise ModelError(f"{card.path}: weights file {weights.path} not found")
+    actual = sha256_of(weights.path)
+    if actual != weights.sha256:
+        raise ChecksumError(
+            f"{weights.path}: sha256 mismatch: the card says {weights.sha256}, the file is {actual};"
+            " refusing to load it"
+        )
+    return weights.path

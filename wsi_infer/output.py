@@ -1,0 +1,194 @@
+"""Write probabilities into a multiscale OME-Zarr (NGFF 0.4) overlay with provenance.
+
+Layout: ``c, y, x`` arrays ``0, 1, ...``; level 0 at the output mpp, each further level 2×
+smaller until the longest side is at most :data:`PYRAMID_MIN_SIZE`.  Scales are in
+micrometres.  The translation ``(scale - slide_mpp) / 2`` puts each overlay pixel's centre
+where it lies on the slide when both are drawn with pixel centres at ``index × scale``
+(napari, NGFF), so the overlay lands exactly on a slide layer scaled by its own mpp.
+
+``attrs["wsi_infer"]["status"]`` reads ``"running"`` until the last chunk and the pyramid are
+written, then ``"complete"``: readers must treat anything else as incomplete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numcodecs
+import numpy as np
+import zarr
+
+from .errors import OutputError
+
+OutputDtype = Literal["uint8", "float16", "float32"]
+PYRAMID_MIN_SIZE = 1024
+STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED = "running", "complete", "failed"
+_COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+_V2_KEYS = {"name": "v2", "separator": "/"}
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """Shape, resolution and channels of an overlay."""
+
+    height: int
+    width: int
+    chunk: int
+    class_names: tuple[str, ...]
+    class_colors: tuple[str, ...]
+    mpp_x: float
+    mpp_y: float
+    slide_mpp_x: float
+    slide_mpp_y: float
+    dtype: OutputDtype = "uint8"
+
+
+def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """``(h, w)`` of each pyramid level: halved (rounding up) until ≤ PYRAMID_MIN_SIZE."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > PYRAMID_MIN_SIZE:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def multiscales_metadata(spec: OverlaySpec, name: str) -> dict[str, Any]:
+    """The NGFF 0.4 ``multiscales`` and ``omero`` attributes."""
+    datasets = []
+    for level in range(len(pyramid_shapes(spec.height, spec.width))):
+        sy, sx = spec.mpp_y * 2**level, spec.mpp_x * 2**level
+        datasets.append({
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, sy, sx]},
+                {"type": "translation",
+                 "translation": [0.0, (sy - spec.slide_mpp_y) / 2, (sx - spec.slide_mpp_x) / 2]},
+            ],
+        })
+    high = 255 if spec.dtype == "uint8" else 1.0
+    return {
+        "multiscales": [{
+            "version": "0.4",
+            "name": name,
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": datasets,
+            "type": "mean",
+        }],
+        "omero": {
+            "name": name,
+            "version": "0.4",
+            "channels": [
+                {"label": label, "color": color.lstrip("#").upper(), "active": True,
+                 "window": {"start": 0, "end": high, "min": 0, "max": high}}
+                for label, color in zip(spec.class_names, spec.class_colors, strict=True)
+            ],
+        },
+    }
+
+
+class OverlayWriter:
+    """Creates the OME-Zarr, takes chunks as they finish, then builds the pyramid."""
+
+    def __init__(self, path: Path, group: zarr.Group, spec: OverlaySpec) -> None:
+        self.path = path
+        self.group = group
+        self.spec = spec
+        self.level0: zarr.Array = group["0"]  # type: ignore[assignment]
+
+    @classmethod
+    def create(cls, path: Path, spec: OverlaySpec, provenance: dict[str, Any], *, overwrite: bool = False) -> OverlayWriter:
+        """Create the store with status ``running``; refuse to clobber unless ``overwrite``."""
+        if path.exists():
+            if not overwrite:
+                raise OutputError(f"{path}: output already exists; pass --overwrite to replace it")
+            _remove(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            group = zarr.open_group(str(path), mode="w", zarr_format=2)
+            for level, (h, w) in enumerate(pyramid_shapes(spec.height, spec.width)):
+                chunk = spec.chunk if level == 0 else min(spec.chunk, 1024)
+                group.create_array(
+                    str(level), shape=(len(spec.class_names), h, w), chunks=(1, chunk, chunk),
+                    dtype=spec.dtype, compressors=_COMPRESSOR, fill_value=0,
+                    chunk_key_encoding=_V2_KEYS,  # type: ignore[arg-type]
+                )
+            attrs = multiscales_metadata(spec, name=path.stem)
+            attrs["wsi_infer"] = {**provenance, "status": STATUS_RUNNING}
+            group.attrs.update(attrs)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create output: {exc}") from exc
+        return cls(path, group, spec)
+
+    def write_chunk(self, y0: int, x0: int, probabilities: np.ndarray) -> None:
+        """Store a ``(classes, h, w)`` float32 block of probabilities at ``(y0, x0)``."""
+        _, h, w = probabilities.shape
+        try:
+            self.level0[:, y0 : y0 + h, x0 : x0 + w] = encode(probabilities, self.spec.dtype)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write chunk at y={y0} x={x0}: {exc}") from exc
+
+    def build_pyramid(self) -> None:
+        """Downsample level by level (2×2 mean), chunk by chunk with dask."""
+        shapes = pyramid_shapes(self.spec.height, self.spec.width)
+        for level in range(1, len(shapes)):
+            source = da.from_zarr(self.group[str(level - 1)])
+            target: zarr.Array = self.group[str(level)]  # type: ignore[assignment]
+            smaller = downsample2(source, self.spec.dtype).rechunk(target.chunks)
+            try:
+                da.store(smaller, target, lock=False)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot write pyramid level {level}: {exc}") from exc
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        """Update the provenance status (and any extra fields such as timings)."""
+        info = dict(self.group.attrs["wsi_infer"])  # type: ignore[arg-type]
+        info.update(extra, status=status)
+        try:
+            self.group.attrs["wsi_infer"] = info
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write metadata: {exc}") from exc
+
+
+def encode(probabilities: np.ndarray, dtype: OutputDtype) -> np.ndarray:
+    """Probabilities in 0..1 → stored values (uint8 0..255 or float)."""
+    if dtype == "uint8":
+        return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return probabilities.astype(dtype)
+
+
+def downsample2(level: da.Array, dtype: OutputDtype) -> da.Array:
+    """2×2 mean of a ``(c, y, x)`` array; an odd last row/column is averaged with itself."""
+    _, h, w = level.shape
+    if h % 2 or w % 2:
+        level = da.pad(level, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+    mean = da.coarsen(np.mean, level.astype(np.float32), {1: 2, 2: 2})
+    if dtype == "uint8":
+        return da.rint(mean).astype(np.uint8)
+    return mean.astype(dtype)
+
+
+def read_status(path: Path) -> str | None:
+    """The run status of an existing overlay, or ``None`` if it is not one of ours."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        return str(group.attrs["wsi_infer"]["status"])  # type: ignore[index]
+    except (FileNotFoundError, KeyError, TypeError, ValueError, zarr.errors.GroupNotFoundError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot remove the existing output: {exc}") from exc

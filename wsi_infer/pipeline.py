@@ -1,0 +1,341 @@
+"""One slide from file to OME-Zarr: open → mpp → level → tissue → tiles (Dask) → model → stitch → write.
+
+Nothing here knows about the command line.  Every chunk is an independent Dask task that
+reads its own window (chunk plus halo) straight from the slide, so a chunk without tissue is
+never read, tasks share no data, and memory grows with the chunk size and the number of
+workers, never with the slide.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+from dask.callbacks import Callback
+
+from .backends import BackendName, create_backend
+from .errors import MissingMppError, WsiInferError
+from .models import DEFAULT_MODEL, ModelCard, load_card, resolve_model
+from .output import OutputDtype, OverlaySpec, OverlayWriter, STATUS_COMPLETE, STATUS_FAILED, encode
+from .predictor import Predictor
+from .provenance import now, slide_fingerprint, software
+from .readers import Mpp, ReaderName, SlideReader, open_slide, parse_mpp
+from .resolution import LevelPlan, plan_level, read_target
+from .stitching import ChunkResult, predict_chunk
+from .tiling import Geometry, geometry_for
+from .tissue import TissueMask, detect_tissue
+
+log = logging.getLogger("wsi_infer")
+
+#: Called with (tiles done, tiles total) as chunks finish.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything that shapes a run besides the slide and the output path."""
+
+    model: str = DEFAULT_MODEL
+    backend: BackendName = "onnxruntime"
+    device: str = "cpu"
+    batch_size: int = 8
+    threads: int | None = None
+    fp16: bool = False
+    mpp: float | None = None
+    reader: ReaderName = "auto"
+    tissue_mask: bool = True
+    tile_size: int | None = None
+    halo: int | None = None
+    chunk_size: int = 2048
+    dtype: OutputDtype = "uint8"
+    workers: int = 2
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did."""
+
+    slide: str
+    output: str
+    tiles_run: int
+    tiles_skipped: int
+    chunks_run: int
+    chunks_skipped: int
+    seconds: float
+    status: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.tiles_run / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """All a worker needs to compute and store chunks of one slide (picklable)."""
+
+    slide_path: str
+    reader: ReaderName
+    plan: LevelPlan
+    geometry: Geometry
+    card_path: str
+    backend: BackendName
+    device: str
+    threads: int | None
+    fp16: bool
+    batch_size: int
+    tissue: TissueMask | None
+    output_path: str
+    dtype: OutputDtype
+
+
+def resolve_mpp(slide: SlideReader, override: float | None) -> Mpp:
+    """The slide's mpp: ``override`` if given, else its metadata; a clear error if neither."""
+    if override is not None:
+        try:
+            mpp = parse_mpp(override, override, source="--mpp")
+        except ValueError as exc:
+            raise MissingMppError(f"{slide.path}: invalid --mpp: {exc}") from exc
+        assert mpp is not None
+        return mpp
+    try:
+        mpp = slide.mpp
+    except ValueError as exc:
+        raise MissingMppError(f"{slide.path}: the slide's mpp metadata is invalid ({exc}); "
+                              "pass the real value with --mpp MICRONS_PER_PIXEL") from exc
+    if mpp is None:
+        raise MissingMppError(
+            f"{slide.path}: the slide has no microns-per-pixel (mpp) in its metadata; pass it with"
+            " --mpp MICRONS_PER_PIXEL (e.g. --mpp 0.25 for a 40x scan, 0.5 for 20x)"
+        )
+    return mpp
+
+
+def default_output(slide_path: Path, model: str) -> Path:
+    """``./<slide stem>.<model>.zarr`` in the working directory."""
+    return Path.cwd() / f"{slide_path.stem}.{Path(model).stem}.zarr"
+
+
+def run_slide(
+    slide_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    options: RunOptions = RunOptions(),
+    *,
+    progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """Run ``options.model`` over a slide and write the overlay; returns a summary."""
+    started = time.perf_counter()
+    slide_path = Path(slide_path)
+    card = resolve_model(options.model)
+    out = Path(output) if output is not None else default_output(slide_path, card.name)
+    timings: dict[str, float] = {}
+    with open_slide(slide_path, options.reader) as slide:
+        mpp = resolve_mpp(slide, options.mpp)
+        _check_dimensions(slide)
+        plan = plan_level(slide, mpp, card.mpp)
+        geometry = geometry_for(card, plan.height, plan.width, tile_size=options.tile_size,
+                                halo=options.halo, chunk_size=options.chunk_size)
+        # Load the model before writing anything: a bad model or device must not leave output.
+        _cached_predictor(str(card.path), options.backend, options.device, options.threads, options.fp16)
+        t0 = time.perf_counter()
+        tissue = detect_tissue(slide, mpp) if options.tissue_mask else None
+        timings["tissue_s"] = time.perf_counter() - t0
+        job = ChunkJob(
+            slide_path=str(slide_path), reader=options.reader, plan=plan, geometry=geometry,
+            card_path=str(card.path), backend=options.backend, device=options.device,
+            threads=options.threads, fp16=options.fp16, batch_size=options.batch_size,
+            tissue=tissue, output_path=str(out), dtype=options.dtype,
+        )
+        chunks = list(geometry.chunks())
+        todo = [c for c in chunks if _chunk_has_tissue(job, *c)]
+        spec = OverlaySpec(
+            height=plan.height, width=plan.width, chunk=geometry.chunk,
+            class_names=tuple(c.name for c in card.classes),
+            class_colors=tuple(c.color for c in card.classes),
+            mpp_x=plan.mpp_x, mpp_y=plan.mpp_y, slide_mpp_x=mpp.x, slide_mpp_y=mpp.y,
+            dtype=options.dtype,
+        )
+        writer = OverlayWriter.create(out, spec, _provenance(slide, mpp, card, plan, geometry, options, tissue),
+                                      overwrite=options.overwrite)
+        try:
+            t0 = time.perf_counter()
+            results = _compute_chunks(job, todo, options.workers, progress)
+            timings["inference_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            writer.build_pyramid()
+            timings["pyramid_s"] = time.perf_counter() - t0
+        except BaseException as exc:
+            _mark_failed(writer, exc)
+            raise
+        tiles_run = sum(r[0] for r in results)
+        skipped_in_chunks = sum(r[1] for r in results)
+        tiles_in_todo = sum(_tiles_in_chunk(geometry, *c) for c in todo)
+        tiles_skipped = skipped_in_chunks + geometry.tiles_total - tiles_in_todo
+        seconds = time.perf_counter() - started
+        timings["total_s"] = seconds
+        summary = RunSummary(
+            slide=str(slide_path), output=str(out), tiles_run=tiles_run, tiles_skipped=tiles_skipped,
+            chunks_run=len(todo), chunks_skipped=len(chunks) - len(todo), seconds=seconds,
+            status=STATUS_COMPLETE, timings=timings,
+        )
+        _release(job)
+        writer.set_status(
+            STATUS_COMPLETE, finished=now(),
+            counts={"tiles_run": tiles_run, "tiles_skipped": tiles_skipped,
+                    "chunks_run": summary.chunks_run, "chunks_skipped": summary.chunks_skipped},
+            timings={k: round(v, 3) for k, v in timings.items()},
+        )
+    return summary
+
+
+def _check_dimensions(slide: SlideReader) -> None:
+    width, height = slide.dimensions
+    if width <= 0 or height <= 0 or width > 10_000_000 or height > 10_000_000:
+        raise WsiInferError(f"{slide.path}: implausible slide dimensions {width}x{height}")
+
+
+def _mark_failed(writer: OverlayWriter, exc: BaseException) -> None:
+    try:
+        writer.set_status(STATUS_FAILED, error=f"{type(exc).__name__}: {exc}", finished=now())
+    except Exception:  # the original error matters more than a failed status update
+        log.warning("could not mark %s as failed", writer.path)
+
+
+def _provenance(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan, geometry: Geometry,
+                options: RunOptions, tissue: TissueMask | None) -> dict[str, Any]:
+    predictor = _cached_predictor(str(card.path), options.backend, options.device, options.threads,
+                                  options.fp16)
+    return {
+        "software": software(),
+        "started": now(),
+        "model": {"name": card.name, "version": card.version, "sha256": card.sha256,
+                  "card": str(card.path), "mpp": card.mpp,
+                  "classes": [c.name for c in card.classes], "activation": card.activation},
+        "slide": {"path": str(slide.path.resolve()), "fingerprint": slide_fingerprint(slide.path),
+                  "reader": slide.name, "vendor": slide.vendor,
+                  "width": slide.dimensions[0], "height": slide.dimensions[1],
+                  "mpp_x": mpp.x, "mpp_y": mpp.y, "mpp_source": mpp.source},
+        "output": {"mpp_x": plan.mpp_x, "mpp_y": plan.mpp_y, "width": plan.width,
+                   "height": plan.height, "dtype": options.dtype,
+                   "read_level": plan.level, "resample_factor": [plan.factor_y, plan.factor_x]},
+        "tiling": {"mode": geometry.mode, "tile": geometry.y.tile, "stride": geometry.y.stride,
+                   "halo": geometry.y.halo, "chunk": geometry.chunk,
+                   "batch_size": options.batch_size},
+        "runtime": {"backend": options.backend, "device": predictor.backend.describe(),
+                    "threads": options.threads, "fp16": options.fp16, "workers": options.workers},
+        "tissue": None if tissue is None else {
+            "method": f"{tissue.modality} threshold + morphology", "fraction": round(tissue.fraction, 4),
+            "mask_mpp": [tissue.mpp_y, tissue.mpp_x]},
+    }
+
+
+def _compute_chunks(job: ChunkJob, todo: list[tuple[int, int]], workers: int,
+                    progress: ProgressCallback | None) -> list[tuple[int, int]]:
+    """Run the chunk tasks on Dask's threaded scheduler, reporting progress in tiles."""
+    total = sum(_tiles_in_chunk(job.geometry, *c) for c in todo)
+    tasks = [dask.delayed(process_chunk, pure=False)(job, cy, cx, dask_key_name=f"chunk-{cy}-{cx}")
+             for cy, cx in todo]
+    done = [0]
+
+    def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, tuple) and progress is not None:
+            done[0] += result[0] + result[1]
+            progress(done[0], total)
+
+    with Callback(posttask=posttask):
+        results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+    return list(results)
+
+
+def process_chunk(job: ChunkJob, cy: int, cx: int) -> tuple[int, int]:
+    """Compute chunk ``(cy, cx)`` and store it; returns (tiles run, tiles skipped)."""
+    slide = _cached_slide(job.slide_path, job.reader)
+    predictor = _cached_predictor(job.card_path, job.backend, job.device, job.threads, job.fp16)
+    plan = job.plan
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return read_target(slide, plan, x0, y0, x1, y1)
+
+    def has_tissue(y0: int, y1: int, x0: int, x1: int) -> bool:
+        assert job.tissue is not None
+        return job.tissue.any_in(x0 * plan.mpp_x, y0 * plan.mpp_y, x1 * plan.mpp_x, y1 * plan.mpp_y)
+
+    result: ChunkResult = predict_chunk(read, job.geometry, cy, cx, predictor,
+                                        batch_size=job.batch_size,
+                                        has_tissue=has_tissue if job.tissue is not None else None)
+    y0, _, x0, _ = job.geometry.chunk_region(cy, cx)
+    if result.tiles_run:
+        level0 = _cached_level0(job.output_path)
+        _, h, w = result.probabilities.shape
+        level0[:, y0 : y0 + h, x0 : x0 + w] = encode(result.probabilities, job.dtype)
+    return result.tiles_run, result.tiles_skipped
+
+
+def _chunk_has_tissue(job: ChunkJob, cy: int, cx: int) -> bool:
+    if job.tissue is None:
+        return True
+    y0, y1, x0, x1 = job.geometry.chunk_region(cy, cx)
+    margin = job.geometry.y.halo  # blended tiles reach a halo beyond their chunk
+    p = job.plan
+    return job.tissue.any_in((x0 - margin) * p.mpp_x, (y0 - margin) * p.mpp_y,
+                             (x1 + margin) * p.mpp_x, (y1 + margin) * p.mpp_y)
+
+
+def _tiles_in_chunk(geometry: Geometry, cy: int, cx: int) -> int:
+    if geometry.mode == "crop":
+        return len(geometry.chunk_tiles_along(geometry.y, cy)) * len(geometry.chunk_tiles_along(geometry.x, cx))
+    # blend: count tiles owned by the chunk so totals add up to the grid
+    rows = range(cy * geometry.chunk_tiles, min((cy + 1) * geometry.chunk_tiles, geometry.y.count))
+    cols = range(cx * geometry.chunk_tiles, min((cx + 1) * geometry.chunk_tiles, geometry.x.count))
+    return len(rows) * len(cols)
+
+
+@lru_cache(maxsize=8)
+def _cached_slide(path: str, reader: ReaderName) -> SlideReader:
+    return open_slide(path, reader)
+
+
+@lru_cache(maxsize=4)
+def _cached_predictor(card_path: str, backend: BackendName, device: str, threads: int | None,
+                      fp16: bool) -> Predictor:
+    card = load_card(card_path)
+    return Predictor(card, create_backend(card, backend, device, threads=threads, fp16=fp16))
+
+
+@lru_cache(maxsize=8)
+def _cached_level0(output_path: str) -> zarr.Array:
+    return zarr.open_array(str(Path(output_path) / "0"), mode="r+")  # type: ignore[return-value]
+
+
+def _release(job: ChunkJob) -> None:
+    """Close this run's slide and output handles (the model stays loaded for the next slide)."""
+    _cached_slide.cache_clear()
+    _cached_level0.cache_clear()
+
+
+def clear_caches() -> None:
+    """Forget cached slides, models and outputs (tests, long-lived processes)."""
+    _cached_slide.cache_clear()
+    _cached_predictor.cache_clear()
+    _cached_level0.cache_clear()
+
+
+def summary_dict(summary: RunSummary) -> dict[str, Any]:
+    """A JSON-able summary."""
+    data = asdict(summary)
+    data["tiles_per_second"] = round(summary.tiles_per_second, 3)
+    return data
+
+
+__all__ = ["RunOptions", "RunSummary", "process_chunk", "resolve_mpp", "run_slide"]

@@ -1,0 +1,61 @@
+"""Open slides with the reader that suits them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import openslide
+
+from ..errors import SlideNotFoundError, SlideOpenError
+from .base import Mpp, SlideInfo, SlideReader, parse_mpp
+from .openslide_reader import OpenSlideReader
+from .tifffile_reader import TiffFileReader
+
+ReaderName = Literal["auto", "openslide", "tifffile"]
+READERS: dict[str, type[SlideReader]] = {"openslide": OpenSlideReader, "tifffile": TiffFileReader}
+
+__all__ = ["READERS", "Mpp", "ReaderName", "SlideInfo", "SlideReader", "open_slide", "parse_mpp"]
+
+
+def open_slide(path: str | os.PathLike[str], reader: ReaderName = "auto") -> SlideReader:
+    """Open ``path`` lazily.
+
+    ``auto`` uses OpenSlide for the vendor formats it knows, tifffile for generic and OME
+    TIFF, and falls back to whichever opens the file.  Errors name the file and the reason.
+    """
+    path = Path(path)
+    _check_file(path)
+    if reader != "auto":
+        if reader not in READERS:
+            raise SlideOpenError(f"{path}: unknown reader {reader!r}; choose from {sorted(READERS)}")
+        return READERS[reader](path)
+    try:
+        flavour = openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError:
+        flavour = None
+    order = ["openslide", "tifffile"] if flavour and flavour != "generic-tiff" else ["tifffile", "openslide"]
+    errors = []
+    for name in order:
+        try:
+            return READERS[name](path)
+        except SlideOpenError as exc:
+            errors.append(str(exc))
+    raise SlideOpenError(f"{path}: not a slide that wsi-infer can read. " + " | ".join(errors))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise SlideNotFoundError(f"{path}: no such file")
+    if path.is_dir() and not _is_directory_slide(path):
+        raise SlideOpenError(f"{path}: is a directory, not a slide file")
+    if not os.access(path, os.R_OK):
+        raise SlideOpenError(f"{path}: permission denied")
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideOpenError(f"{path}: the file is empty (0 bytes)")
+
+
+def _is_directory_slide(path: Path) -> bool:
+    """DICOM series are folders of instances; OpenSlide opens them by folder."""
+    return any(p.suffix.lower() == ".dcm" for p in path.iterdir())

@@ -1,0 +1,154 @@
+"""Where the model's tiles and the processing chunks lie on the target-resolution image.
+
+Tiles lie on one global grid that depends only on the image size, never on the chunk, so a
+pixel is always computed from the same tiles: tiled output equals a whole-image run.
+
+* ``crop`` (fully convolutional models): tile ``i`` owns output ``[i*stride, (i+1)*stride)``
+  and sees ``halo`` extra pixels of context on each side; its input window is shifted inward
+  at the image border (so no artificial padding enters the model).
+* ``blend`` (fixed input size): tiles overlap by ``2*halo`` and are blended with smooth weights.
+
+A processing chunk is ``chunk_tiles × chunk_tiles`` tiles; it is the unit Dask schedules and
+the output's zarr chunk, so chunks never write to the same zarr chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .models import ModelCard
+
+Mode = Literal["crop", "blend"]
+
+
+@dataclass(frozen=True)
+class AxisTiles:
+    """Tiles along one axis of an image of ``length`` pixels."""
+
+    length: int
+    tile: int  # input window size (may exceed length for tiny images: padded)
+    stride: int  # output pixels owned by each tile
+    halo: int
+
+    @property
+    def count(self) -> int:
+        return max(1, math.ceil(self.length / self.stride))
+
+    def start(self, i: int) -> int:
+        """Input window start of tile ``i`` (shifted inward at the image border)."""
+        return int(min(max(i * self.stride - self.halo, 0), max(self.length - self.tile, 0)))
+
+    def owned(self, i: int) -> tuple[int, int]:
+        """Output pixels ``[a, b)`` that tile ``i`` writes in crop mode."""
+        return i * self.stride, min((i + 1) * self.stride, self.length)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Tiles and chunks over a ``height × width`` target image."""
+
+    y: AxisTiles
+    x: AxisTiles
+    mode: Mode
+    chunk_tiles: int
+
+    @property
+    def height(self) -> int:
+        return self.y.length
+
+    @property
+    def width(self) -> int:
+        return self.x.length
+
+    @property
+    def chunk(self) -> int:
+        """Chunk size in output pixels (also the zarr chunk of level 0)."""
+        return self.y.stride * self.chunk_tiles
+
+    @property
+    def chunk_grid(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.chunk), math.ceil(self.width / self.chunk)
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        rows, cols = self.chunk_grid
+        for cy in range(rows):
+            for cx in range(cols):
+                yield cy, cx
+
+    def chunk_region(self, cy: int, cx: int) -> tuple[int, int, int, int]:
+        """Output ``(y0, y1, x0, x1)`` of chunk ``(cy, cx)``."""
+        c = self.chunk
+        return cy * c, min((cy + 1) * c, self.height), cx * c, min((cx + 1) * c, self.width)
+
+    def chunk_tiles_along(self, axis: AxisTiles, index: int) -> range:
+        """Tiles along ``axis`` that contribute to chunk ``index`` along it."""
+        first, last = index * self.chunk_tiles, min((index + 1) * self.chunk_tiles, axis.count)
+        if self.mode == "crop":
+            return range(first, last)
+        c0, c1 = index * self.chunk, min((index + 1) * self.chunk, axis.length)
+        hits = [i for i in range(max(0, first - 2), min(axis.count, last + 2))
+                if axis.start(i) < c1 and axis.start(i) + axis.tile > c0]
+        return range(hits[0], hits[-1] + 1)
+
+    @property
+    def tiles_total(self) -> int:
+        return self.y.count * self.x.count
+
+
+def geometry_for(
+    card: ModelCard,
+    height: int,
+    width: int,
+    *,
+    tile_size: int | None = None,
+    halo: int | None = None,
+    chunk_size: int = 2048,
+) -> Geometry:
+    """Tiles and chunks for ``card`` on a ``height × width`` image.
+
+    Fully convolutional models own ``tile_size`` output pixels per tile and see ``halo``
+    (default: the card's receptive margin) more on each side.  Fixed-size models see their
+    fixed size and overlap by ``2 * halo`` (default: an eighth of the tile).
+    """
+    multiple = card.input.size_multiple
+    if card.input.size is not None:
+        tile_h, tile_w = card.input.size
+        if tile_h != tile_w:
+            raise ValueError("non-square fixed input sizes are not supported yet")
+        halo = halo if halo is not None else max(card.receptive_margin // 2, tile_h // 8)
+        stride = tile_h - 2 * halo
+        if stride <= 0:
+            raise ValueError(f"halo {halo} leaves no output in a {tile_h}px tile")
+        axes = [AxisTiles(n, tile_h, stride, halo) for n in (height, width)]
+        mode: Mode = "blend"
+    else:
+        halo = card.receptive_margin if halo is None else halo
+        halo = _round_up(halo, multiple)
+        stride = _round_up(tile_size or card.input.tile_size, multiple)
+        tile = stride + 2 * halo
+        axes = [AxisTiles(n, min(tile, _round_up(n, multiple)), stride, halo) for n in (height, width)]
+        mode = "crop"
+    chunk_tiles = max(1, round(chunk_size / stride))
+    return Geometry(y=axes[0], x=axes[1], mode=mode, chunk_tiles=chunk_tiles)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def blend_window(tile: int, halo: int) -> np.ndarray:
+    """1-D blending weights: a raised-cosine ramp over ``2*halo`` pixels at each end, clamped
+    above zero so every covered pixel has weight."""
+    weights = np.ones(tile, np.float32)
+    ramp = 2 * halo
+    if ramp > 0:
+        t = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
+        rise = 0.5 - 0.5 * np.cos(np.pi * t)
+        weights[:ramp] = rise
+        weights[-ramp:] = np.minimum(weights[-ramp:], rise[::-1])
+    return np.maximum(weights, 1e-3)
