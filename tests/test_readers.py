@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_SLIDES, shared_slide, write_pyramid
+
+from wsi_infer.errors import SlideNotFoundError, SlideOpenError
+from wsi_infer.readers import open_slide
+
+
+@pytest.mark.parametrize("reader", ["openslide", "tifffile"])
+def test_generic_tiff_both_readers(tiff_slide: tuple[Path, np.ndarray], reader: str) -> None:
+    path, rgb = tiff_slide
+    with open_slide(path, reader) as slide:  # type: ignore[arg-type]
+        assert slide.dimensions == (1400, 1000)
+        if reader == "tifffile":  # OpenSlide's generic-tiff driver ignores SubIFD pyramids
+            assert len(slide.level_dimensions) == 3
+            assert slide.level_dimensions[1] == (700, 500)
+            assert slide.level_downsamples[1] == pytest.approx(2.0)
+        assert slide.mpp is not None and slide.mpp.x == pytest.approx(0.5)
+        region = slide.read_region(0, 100, 200, 300, 150)
+        np.testing.assert_array_equal(region, rgb[200:350, 100:400])  # lossless: exact
+
+
+def test_auto_prefers_tifffile_for_generic_and_openslide_for_svs(
+    tiff_slide: tuple[Path, np.ndarray], svs_slide: tuple[Path, np.ndarray]
+) -> None:
+    with open_slide(tiff_slide[0]) as slide:
+        assert slide.name == "tifffile"
+        assert slide.mpp is not None and slide.mpp.source.startswith("TIFF XResolution")
+    with open_slide(svs_slide[0]) as slide:
+        assert slide.name == "openslide" and slide.vendor == "aperio"
+        assert slide.mpp is not None and slide.mpp.x == pytest.approx(0.5)
+
+
+def test_svs_pixels_match_through_both_readers(svs_slide: tuple[Path, np.ndarray]) -> None:
+    path, rgb = svs_slide
+    a = open_slide(path, "openslide").read_region(0, 0, 0, 400, 300).astype(int)
+    b = open_slide(path, "tifffile").read_region(0, 0, 0, 400, 300).astype(int)
+    assert np.abs(a - b).max() <= 2  # same JPEG, two decoders
+    assert np.abs(a - rgb[:300, :400]).mean() < 3  # JPEG q95
+
+
+@pytest.mark.parametrize("reader", ["openslide", "tifffile"])
+def test_outside_the_slide_reads_as_white(tiff_slide: tuple[Path, np.ndarray], reader: str) -> None:
+    path, rgb = tiff_slide
+    region = open_slide(path, reader).read_region(0, 1350, 950, 100, 100)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(region[:50, :50], rgb[950:, 1350:])
+    assert (region[50:, :] == 255).all() and (region[:, 50:] == 255).all()
+
+
+def test_no_mpp_metadata_is_none(tmp_path: Path) -> None:
+    path = write_pyramid(tmp_path / "nompp.tif", np.zeros((300, 300, 3), np.uint8), mpp=None)
+    assert open_slide(path).mpp is None
+
+
+def test_bad_paths_name_the_file_and_problem(tmp_path: Path) -> None:
+    with pytest.raises(SlideNotFoundError, match=r"missing\.svs: no such file"):
+        open_slide(tmp_path / "missing.svs")
+    with pytest.raises(SlideOpenError, match="is a directory"):
+        open_slide(tmp_path)
+    (tmp_path / "empty.svs").write_bytes(b"")
+    with pytest.raises(SlideOpenError, match=r"empty\.svs: the file is empty"):
+        open_slide(tmp_path / "empty.svs")
+    (tmp_path / "notes.svs").write_text("this is not a slide\n" * 100)
+    with pytest.raises(SlideOpenError, match=r"notes\.svs: not a slide"):
+        open_slide(tmp_path / "notes.svs")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name,vendor,size,mpp", [
+    ("CMU-1-Small-Region.svs", "aperio", (2220, 2967), 0.499),
+    ("test3-DAPI-2-387.ndpi", "hamamatsu", (3968, 4864), 0.22818),
+    ("multi_frame_jpeg2000_camelyon_challenge_image.dcm", "dicom", (1696, 812), 28.969),
+    ("openslide-python_small.svs", "aperio", (16, 16), 0.499),
+])
+def test_real_slides_open(name: str, vendor: str, size: tuple[int, int], mpp: float) -> None:
+    with open_slide(shared_slide(name)) as slide:
+        assert slide.vendor == vendor
+        assert slide.dimensions == size
+        assert slide.mpp is not None and slide.mpp.x == pytest.approx(mpp, rel=1e-3)
+        w, h = slide.level_dimensions[-1]
+        region = slide.read_region(len(slide.level_dimensions) - 1, 0, 0, min(w, 64), min(h, 64))
+        assert region.dtype == np.uint8 and region.shape == (min(h, 64), min(w, 64), 3)
+
+
+@pytest.mark.realdata
+def test_real_nonconformant_dicom_is_a_clear_error() -> None:
+    path = shared_slide("pathml_small_dicom.dcm")
+    with pytest.raises(SlideOpenError, match="pathml_small_dicom.dcm: not a slide"):
+        open_slide(path)
+
+
+def test_shared_dir_constant_points_at_slides() -> None:
+    assert SHARED_SLIDES.name == "slides"
