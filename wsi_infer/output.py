@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,9 @@ from .errors import OutputError
 OutputDtype = Literal["uint8", "float16", "float32"]
 PYRAMID_MIN_SIZE = 1024
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED = "running", "complete", "failed"
+STATUS_SKIPPED = "skipped"  # a run that found its output already complete
+#: Folder inside the store with one empty file per finished level-0 chunk (for resume).
+PROGRESS_DIR = "wsi_infer_progress"
 _COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
 _V2_KEYS = {"name": "v2", "separator": "/"}
 
@@ -127,13 +131,37 @@ class OverlayWriter:
             raise OutputError(f"{path}: cannot create output: {exc}") from exc
         return cls(path, group, spec)
 
-    def write_chunk(self, y0: int, x0: int, probabilities: np.ndarray) -> None:
-        """Store a ``(classes, h, w)`` float32 block of probabilities at ``(y0, x0)``."""
-        _, h, w = probabilities.shape
-        try:
-            self.level0[:, y0 : y0 + h, x0 : x0 + w] = encode(probabilities, self.spec.dtype)
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write chunk at y={y0} x={x0}: {exc}") from exc
+    @classmethod
+    def open(cls, path: Path) -> OverlayWriter:
+        """Reopen an unfinished overlay to resume it."""
+        group = zarr.open_group(str(path), mode="r+")
+        attrs = group.attrs
+        channels = attrs["omero"]["channels"]  # type: ignore[index]
+        transforms = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]  # type: ignore[index]
+        scale, translation = transforms[0]["scale"], transforms[1]["translation"]
+        level0 = group["0"]
+        spec = OverlaySpec(
+            height=level0.shape[1], width=level0.shape[2], chunk=level0.chunks[1],  # type: ignore[union-attr]
+            class_names=tuple(c["label"] for c in channels),
+            class_colors=tuple("#" + c["color"] for c in channels),
+            mpp_x=scale[2], mpp_y=scale[1], slide_mpp_x=scale[2] - 2 * translation[2],
+            slide_mpp_y=scale[1] - 2 * translation[1], dtype=str(level0.dtype),  # type: ignore[arg-type,union-attr]
+        )
+        writer = cls(path, group, spec)
+        writer.set_status(STATUS_RUNNING)
+        return writer
+
+    def done_chunks(self) -> set[tuple[int, int]]:
+        """Level-0 chunks whose write finished (marker files)."""
+        folder = self.path / PROGRESS_DIR
+        if not folder.is_dir():
+            return set()
+        done = set()
+        for marker in folder.iterdir():
+            cy, _, cx = marker.name.partition("_")
+            if cy.isdigit() and cx.isdigit():
+                done.add((int(cy), int(cx)))
+        return done
 
     def build_pyramid(self) -> None:
         """Downsample level by level (2×2 mean), chunk by chunk with dask."""
@@ -155,6 +183,35 @@ class OverlayWriter:
             self.group.attrs["wsi_infer"] = info
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot write metadata: {exc}") from exc
+
+
+@lru_cache(maxsize=8)
+def _level0(path: str) -> zarr.Array:
+    return zarr.open_array(str(Path(path) / "0"), mode="r+")  # type: ignore[return-value]
+
+
+def store_chunk(path: Path, y0: int, x0: int, probabilities: np.ndarray, dtype: OutputDtype) -> None:
+    """Write a ``(classes, h, w)`` block of probabilities into level 0 at ``(y0, x0)``."""
+    _, h, w = probabilities.shape
+    try:
+        _level0(str(path))[:, y0 : y0 + h, x0 : x0 + w] = encode(probabilities, dtype)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write chunk at y={y0} x={x0}: {exc}") from exc
+
+
+def forget_open_outputs() -> None:
+    """Drop cached handles to level-0 arrays (after a run, or when a store was replaced)."""
+    _level0.cache_clear()
+
+
+def mark_chunk_done(path: Path, cy: int, cx: int) -> None:
+    """Record that chunk ``(cy, cx)`` of level 0 is fully written."""
+    folder = path / PROGRESS_DIR
+    try:
+        folder.mkdir(exist_ok=True)
+        (folder / f"{cy}_{cx}").touch()
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot record progress: {exc}") from exc
 
 
 def encode(probabilities: np.ndarray, dtype: OutputDtype) -> np.ndarray:

@@ -8,6 +8,9 @@ workers, never with the slide.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import logging
 
 import os
@@ -26,7 +29,17 @@ from dask.callbacks import Callback
 from .backends import BackendName, create_backend
 from .errors import MissingMppError, WsiInferError
 from .models import DEFAULT_MODEL, ModelCard, load_card, resolve_model
-from .output import OutputDtype, OverlaySpec, OverlayWriter, STATUS_COMPLETE, STATUS_FAILED, encode
+from .output import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_SKIPPED,
+    OutputDtype,
+    OverlaySpec,
+    OverlayWriter,
+    forget_open_outputs,
+    mark_chunk_done,
+    store_chunk,
+)
 from .predictor import Predictor
 from .provenance import now, slide_fingerprint, software
 from .readers import Mpp, ReaderName, SlideReader, open_slide, parse_mpp
@@ -133,8 +146,16 @@ def run_slide(
     options: RunOptions = RunOptions(),
     *,
     progress: ProgressCallback | None = None,
+    resume: bool = False,
+    client: Any = None,
 ) -> RunSummary:
-    """Run ``options.model`` over a slide and write the overlay; returns a summary."""
+    """Run ``options.model`` over a slide and write the overlay; returns a summary.
+
+    With ``resume``, an existing output made with the same model and parameters is kept: if it
+    is complete nothing is done (status ``"skipped"``), if not, only the chunks it lacks are
+    computed.  ``client`` (a ``distributed.Client``) runs the chunks on a Dask cluster;
+    without it they run on Dask's threaded scheduler with ``options.workers`` threads.
+    """
     started = time.perf_counter()
     slide_path = Path(slide_path)
     card = resolve_model(options.model)
@@ -146,6 +167,11 @@ def run_slide(
         plan = plan_level(slide, mpp, card.mpp)
         geometry = geometry_for(card, plan.height, plan.width, tile_size=options.tile_size,
                                 halo=options.halo, chunk_size=options.chunk_size)
+        key = run_key(card, slide_fingerprint(slide_path), mpp, options)
+        previous = existing_run(out) if resume else None
+        if previous is not None and previous.get("run_key") == key and previous["status"] == STATUS_COMPLETE:
+            log.info("%s: already complete in %s, skipped", slide_path, out)
+            return RunSummary(str(slide_path), str(out), 0, 0, 0, 0, 0.0, STATUS_SKIPPED)
         # Load the model before writing anything: a bad model or device must not leave output.
         _cached_predictor(str(card.path), options.backend, options.device, options.threads, options.fp16)
         t0 = time.perf_counter()
@@ -158,19 +184,28 @@ def run_slide(
             tissue=tissue, output_path=str(out), dtype=options.dtype,
         )
         chunks = list(geometry.chunks())
-        todo = [c for c in chunks if _chunk_has_tissue(job, *c)]
-        spec = OverlaySpec(
-            height=plan.height, width=plan.width, chunk=geometry.chunk,
-            class_names=tuple(c.name for c in card.classes),
-            class_colors=tuple(c.color for c in card.classes),
-            mpp_x=plan.mpp_x, mpp_y=plan.mpp_y, slide_mpp_x=mpp.x, slide_mpp_y=mpp.y,
-            dtype=options.dtype,
-        )
-        writer = OverlayWriter.create(out, spec, _provenance(slide, mpp, card, plan, geometry, options, tissue),
-                                      overwrite=options.overwrite)
+        tissue_chunks = [c for c in chunks if _chunk_has_tissue(job, *c)]
+        if previous is not None and previous.get("run_key") == key:
+            writer = OverlayWriter.open(out)
+            done = writer.done_chunks()
+            log.info("%s: resuming %s, %d of %d chunks already written", slide_path, out,
+                     len(done & set(tissue_chunks)), len(tissue_chunks))
+        else:
+            spec = OverlaySpec(
+                height=plan.height, width=plan.width, chunk=geometry.chunk,
+                class_names=tuple(c.name for c in card.classes),
+                class_colors=tuple(c.color for c in card.classes),
+                mpp_x=plan.mpp_x, mpp_y=plan.mpp_y, slide_mpp_x=mpp.x, slide_mpp_y=mpp.y,
+                dtype=options.dtype,
+            )
+            provenance = _provenance(slide, mpp, card, plan, geometry, options, tissue)
+            writer = OverlayWriter.create(out, spec, {**provenance, "run_key": key},
+                                          overwrite=options.overwrite or resume)
+            done = set()
+        todo = [c for c in tissue_chunks if c not in done]
         try:
             t0 = time.perf_counter()
-            results = _compute_chunks(job, todo, options.workers, progress)
+            results = _compute_chunks(job, todo, options.workers, progress, client)
             timings["inference_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             writer.build_pyramid()
@@ -178,6 +213,8 @@ def run_slide(
         except BaseException as exc:
             _mark_failed(writer, exc)
             raise
+        finally:
+            _release(job)
         tiles_run = sum(r[0] for r in results)
         skipped_in_chunks = sum(r[1] for r in results)
         tiles_in_todo = sum(_tiles_in_chunk(geometry, *c) for c in todo)
@@ -189,14 +226,35 @@ def run_slide(
             chunks_run=len(todo), chunks_skipped=len(chunks) - len(todo), seconds=seconds,
             status=STATUS_COMPLETE, timings=timings,
         )
-        _release(job)
         writer.set_status(
             STATUS_COMPLETE, finished=now(),
             counts={"tiles_run": tiles_run, "tiles_skipped": tiles_skipped,
-                    "chunks_run": summary.chunks_run, "chunks_skipped": summary.chunks_skipped},
+                    "chunks_run": summary.chunks_run, "chunks_skipped": summary.chunks_skipped,
+                    "chunks_resumed": len(tissue_chunks) - len(todo)},
             timings={k: round(v, 3) for k, v in timings.items()},
         )
     return summary
+
+
+def run_key(card: ModelCard, fingerprint: str, mpp: Mpp, options: RunOptions) -> str:
+    """A hash of everything that determines the output's pixels: same key, same overlay."""
+    shaping = {
+        "model": card.sha256, "slide": fingerprint, "mpp": [mpp.x, mpp.y],
+        "tissue_mask": options.tissue_mask, "tile_size": options.tile_size, "halo": options.halo,
+        "chunk_size": options.chunk_size, "dtype": options.dtype,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def existing_run(out: Path) -> dict[str, Any] | None:
+    """The provenance of an existing overlay of ours at ``out``, or ``None``."""
+    if not out.exists():
+        return None
+    try:
+        info = zarr.open_group(str(out), mode="r").attrs.get("wsi_infer")
+    except (OSError, ValueError, KeyError, zarr.errors.NodeNotFoundError):
+        return None
+    return dict(info) if isinstance(info, dict) and "status" in info else None
 
 
 def _check_dimensions(slide: SlideReader) -> None:
@@ -241,21 +299,35 @@ def _provenance(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan, 
 
 
 def _compute_chunks(job: ChunkJob, todo: list[tuple[int, int]], workers: int,
-                    progress: ProgressCallback | None) -> list[tuple[int, int]]:
-    """Run the chunk tasks on Dask's threaded scheduler, reporting progress in tiles."""
+                    progress: ProgressCallback | None, client: Any = None) -> list[tuple[int, int]]:
+    """Run the chunk tasks on a Dask cluster (``client``) or Dask's threaded scheduler,
+    reporting progress in tiles."""
     total = sum(_tiles_in_chunk(job.geometry, *c) for c in todo)
-    tasks = [dask.delayed(process_chunk, pure=False)(job, cy, cx, dask_key_name=f"chunk-{cy}-{cx}")
+    tasks = [dask.delayed(process_chunk, pure=False)(job, cy, cx, dask_key_name=f"chunk-{cy}-{cx}-{job.output_path}")
              for cy, cx in todo]
     done = [0]
 
-    def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(result, tuple) and progress is not None:
-            done[0] += result[0] + result[1]
+    def report(result: tuple[int, int]) -> None:
+        done[0] += result[0] + result[1]
+        if progress is not None:
             progress(done[0], total)
 
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks)
+        results = []
+        for future in as_completed(futures):
+            results.append(future.result())
+            report(results[-1])
+        return results
+
+    def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, tuple):
+            report(result)
+
     with Callback(posttask=posttask):
-        results = dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
-    return list(results)
+        return list(dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers)))
 
 
 def process_chunk(job: ChunkJob, cy: int, cx: int) -> tuple[int, int]:
@@ -276,9 +348,8 @@ def process_chunk(job: ChunkJob, cy: int, cx: int) -> tuple[int, int]:
                                         has_tissue=has_tissue if job.tissue is not None else None)
     y0, _, x0, _ = job.geometry.chunk_region(cy, cx)
     if result.tiles_run:
-        level0 = _cached_level0(job.output_path)
-        _, h, w = result.probabilities.shape
-        level0[:, y0 : y0 + h, x0 : x0 + w] = encode(result.probabilities, job.dtype)
+        store_chunk(Path(job.output_path), y0, x0, result.probabilities, job.dtype)
+    mark_chunk_done(Path(job.output_path), cy, cx)
     return result.tiles_run, result.tiles_skipped
 
 
@@ -313,22 +384,17 @@ def _cached_predictor(card_path: str, backend: BackendName, device: str, threads
     return Predictor(card, create_backend(card, backend, device, threads=threads, fp16=fp16))
 
 
-@lru_cache(maxsize=8)
-def _cached_level0(output_path: str) -> zarr.Array:
-    return zarr.open_array(str(Path(output_path) / "0"), mode="r+")  # type: ignore[return-value]
-
-
 def _release(job: ChunkJob) -> None:
     """Close this run's slide and output handles (the model stays loaded for the next slide)."""
     _cached_slide.cache_clear()
-    _cached_level0.cache_clear()
+    forget_open_outputs()
 
 
 def clear_caches() -> None:
     """Forget cached slides, models and outputs (tests, long-lived processes)."""
     _cached_slide.cache_clear()
     _cached_predictor.cache_clear()
-    _cached_level0.cache_clear()
+    forget_open_outputs()
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:
