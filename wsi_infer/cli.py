@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,18 +22,21 @@ from .pipeline import RunOptions, run_slide, summary_dict
 from .readers import READERS, open_slide
 
 log = logging.getLogger("wsi_infer")
-COMMANDS = ("run", "info", "models", "devices", "demo")
+COMMANDS = ("run", "batch", "info", "models", "devices", "demo")
 
 EPILOG = """\
 commands:
   wsi-infer SLIDE [options]     run a model over a slide (same as `wsi-infer run SLIDE`)
+  wsi-infer batch INPUT... --out-dir DIR
+                                many slides (folders, .txt lists, .csv manifests); resumes
   wsi-infer info SLIDE          vendor, size, levels, downsamples and mpp of a slide
   wsi-infer models              the built-in models
   wsi-infer devices             devices each backend can use here
   wsi-infer demo                make the built-in demo slide and run the default model on it
 
 exit codes: 0 ok, 1 internal error, 2 bad slide (unreadable, no mpp...), 3 bad model,
-4 device/backend not available, 5 output problem, 130 interrupted.
+4 device/backend not available, 5 output problem, 6 batch finished but some slides failed,
+130 interrupted.
 """
 
 
@@ -47,8 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a model over a slide", description="Run a model over a "
                          "slide and write a multiscale OME-Zarr overlay.")
     run.add_argument("slide", type=Path, help="slide file (SVS, NDPI, MRXS, TIFF, OME-TIFF, DICOM...)")
+    run.add_argument("--out", type=Path, default=None, help="output .zarr (default: "
+                     "./<slide>.<model>.zarr)")
     add_run_options(run)
     add_output_mode_options(run)
+
+    batch = sub.add_parser("batch", help="run a model over many slides, resuming earlier runs",
+                           description="Run a model over many slides. Re-running the same command "
+                           "skips finished slides and resumes partial ones chunk by chunk.")
+    batch.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                       help="slide files, folders, .txt lists (one path per line) or .csv "
+                       "manifests (columns: slide, optional mpp, optional output)")
+    batch.add_argument("--out-dir", type=Path, required=True, help="folder for the outputs, the "
+                       "run manifest and the log")
+    batch.add_argument("--glob", default="*", help="pattern for files in folders (default: *)")
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on an existing "
+                       "Dask cluster, e.g. tcp://10.0.0.5:8786")
+    where.add_argument("--cluster-workers", type=positive_int, default=None, metavar="N",
+                       help="start a local Dask cluster of N worker processes")
+    add_run_options(batch)
+    add_output_mode_options(batch)
 
     info = sub.add_parser("info", help="describe a slide")
     info.add_argument("slide", type=Path)
@@ -66,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "the overlay (default: ./demo)")
     demo.add_argument("--size", type=int, nargs=2, default=(12000, 9000), metavar=("W", "H"),
                       help="demo slide size in pixels at 0.25 µm/px (default: 12000 9000)")
+    demo.add_argument("--out", type=Path, default=None, help="output .zarr (default: in --dir)")
     add_run_options(demo)
     add_output_mode_options(demo)
     return parser
@@ -99,8 +123,6 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    "in output pixels; the unit of Dask tasks and zarr chunks (default: 2048)")
     t.add_argument("--dtype", choices=["uint8", "float16", "float32"], default="uint8",
                    help="stored probabilities: uint8 0..255 (default) or float")
-    t.add_argument("--out", type=Path, default=None, help="output .zarr (default: "
-                   "./<slide>.<model>.zarr)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -249,6 +271,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args, slide, out)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import EXIT_ALL_OK, EXIT_NO_INPUT, EXIT_SOME_FAILED, LOG_NAME, collect_items, run_batch
+
+    items = collect_items(args.inputs, args.glob)
+    if not items:
+        log.error("error: no slides found in %s", " ".join(map(str, args.inputs)))
+        return EXIT_NO_INPUT
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(args.out_dir / LOG_NAME)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
+    options = run_options(args)
+    with dask_client(args, options) as (client, options):
+        report = run_batch(items, args.out_dir, options, client=client)
+    counts = report.counts()
+    if args.log_json:
+        print(json.dumps({"counts": counts, "manifest": str(args.out_dir / "run-manifest.json")}))
+    log.info("batch finished: %s; manifest %s", ", ".join(f"{v} {k}" for k, v in counts.items()),
+             args.out_dir / "run-manifest.json")
+    return EXIT_SOME_FAILED if report.failed else EXIT_ALL_OK
+
+
+class dask_client:  # noqa: N801 - used as a context manager like a function
+    """A ``distributed.Client`` for ``--scheduler`` / ``--cluster-workers``, or none."""
+
+    def __init__(self, args: argparse.Namespace, options: RunOptions) -> None:
+        self.args, self.options = args, options
+        self.client: Any = None
+        self.cluster: Any = None
+
+    def __enter__(self) -> tuple[Any, RunOptions]:
+        from dataclasses import replace
+
+        if self.args.scheduler is None and self.args.cluster_workers is None:
+            return None, self.options
+        from distributed import Client, LocalCluster
+
+        if self.args.scheduler is not None:
+            self.client = Client(self.args.scheduler)
+            return self.client, self.options
+        n = self.args.cluster_workers
+        threads = self.options.threads or max(1, (os.cpu_count() or 1) // n)
+        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+        self.client = Client(self.cluster)
+        log.info("started a local Dask cluster with %d workers (%d model threads each)", n, threads)
+        return self.client, replace(self.options, threads=threads)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
@@ -262,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, args.slide, args.out)
-        return {"info": cmd_info, "models": cmd_models, "devices": cmd_devices,
+        return {"batch": cmd_batch, "info": cmd_info, "models": cmd_models, "devices": cmd_devices,
                 "demo": cmd_demo}[args.command](args)
     except WsiInferError as exc:
         log.error("error: %s", exc)
