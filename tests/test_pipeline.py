@@ -194,3 +194,19 @@ def test_torch_backend_matches_onnxruntime(tiff_slide, tmp_path) -> None:
     assert np.abs(level0(tmp_path / "o.zarr") - level0(tmp_path / "t.zarr")).max() < 1e-5
     info = zarr.open_group(str(tmp_path / "t.zarr"), mode="r").attrs["wsi_infer"]
     assert info["runtime"]["backend"] == "torch" and info["runtime"]["device"] == "torch:cpu"
+
+
+def test_region_prediction_equals_the_whole_slide_output(tiff_slide, tmp_path) -> None:
+    from wsi_infer.region import predict_region
+
+    path, _ = tiff_slide
+    conv_onnx(tmp_path / "conv.onnx", kernel=7, classes=2)
+    card = write_card(tmp_path, "conv", {"onnx": "conv.onnx"}, mpp=0.5, margin=3,
+                      classes=["a", "b"], activation="softmax")
+    options = RunOptions(model=str(card), tile_size=64, chunk_size=128, dtype="float32")
+    run_slide(path, tmp_path / "o.zarr", options)
+    region = predict_region(path, 301, 155, 222, 190, options)
+    assert (region.x0, region.y0) == (301, 155)
+    whole = level0(tmp_path / "o.zarr")
+    np.testing.assert_allclose(region.probabilities, whole[:, 155:345, 301:523], atol=1e-6)
+    assert region.tiles_run == 5 * 4  # only the 64-px tiles under the region

@@ -364,9 +364,7 @@ def _chunk_has_tissue(job: ChunkJob, cy: int, cx: int) -> bool:
 
 
 def _tiles_in_chunk(geometry: Geometry, cy: int, cx: int) -> int:
-    if geometry.mode == "crop":
-        return len(geometry.chunk_tiles_along(geometry.y, cy)) * len(geometry.chunk_tiles_along(geometry.x, cx))
-    # blend: count tiles owned by the chunk so totals add up to the grid
+    # count the tiles each chunk owns (in blend mode, neighbours' tiles also touch it)
     rows = range(cy * geometry.chunk_tiles, min((cy + 1) * geometry.chunk_tiles, geometry.y.count))
     cols = range(cx * geometry.chunk_tiles, min((cx + 1) * geometry.chunk_tiles, geometry.x.count))
     return len(rows) * len(cols)

@@ -44,11 +44,26 @@ def predict_chunk(
     has_tissue: TissueTest | None = None,
 ) -> ChunkResult:
     """Predict chunk ``(cy, cx)``: tiles without tissue are skipped and stay 0."""
-    oy0, oy1, ox0, ox1 = geometry.chunk_region(cy, cx)
+    return predict_window(read, geometry, geometry.chunk_region(cy, cx), predictor,
+                          batch_size=batch_size, has_tissue=has_tissue)
+
+
+def predict_window(
+    read: RegionReader,
+    geometry: Geometry,
+    region: tuple[int, int, int, int],
+    predictor: Predictor,
+    *,
+    batch_size: int = 8,
+    has_tissue: TissueTest | None = None,
+) -> ChunkResult:
+    """Predict output pixels ``region = (y0, y1, x0, x1)`` from the tiles of the global grid
+    that touch it, so any region gets exactly the values a whole-slide run writes there."""
+    oy0, oy1, ox0, ox1 = region
     tiles = [
         _Tile(iy, ix, geometry.y.start(iy), geometry.x.start(ix))
-        for iy in geometry.chunk_tiles_along(geometry.y, cy)
-        for ix in geometry.chunk_tiles_along(geometry.x, cx)
+        for iy in geometry.tiles_touching(geometry.y, oy0, oy1)
+        for ix in geometry.tiles_touching(geometry.x, ox0, ox1)
     ]
     wanted = [t for t in tiles if has_tissue is None or has_tissue(*_tile_footprint(geometry, t))]
     out = np.zeros((predictor.num_classes, oy1 - oy0, ox1 - ox0), np.float32)
@@ -95,6 +110,8 @@ def _read_padded(read: RegionReader, geometry: Geometry, y0: int, y1: int, x0: i
 def _crop_into(out: np.ndarray, prob: np.ndarray, geometry: Geometry, tile: _Tile, oy0: int, ox0: int) -> None:
     ay, by = geometry.y.owned(tile.iy)
     ax, bx = geometry.x.owned(tile.ix)
+    ay, ax = max(ay, oy0), max(ax, ox0)
+    by, bx = min(by, oy0 + out.shape[1]), min(bx, ox0 + out.shape[2])
     out[:, ay - oy0 : by - oy0, ax - ox0 : bx - ox0] = prob[:, ay - tile.y0 : by - tile.y0, ax - tile.x0 : bx - tile.x0]
 
 

@@ -124,24 +124,48 @@ def _smoothstep(x: Field, lo: float, hi: float) -> Field:
 # --------------------------------------------------------------------------- tissue layout
 
 
+@lru_cache(maxsize=64)
+def _sections(seed: int) -> tuple[tuple[float, float, float, float], ...]:
+    """Centre and radii (cx, cy, rx, ry, as shares of the slide size) of 1-3 tissue sections,
+    side by side like serial sections on a slide."""
+    rng = np.random.default_rng([seed, 0x5EC7])
+    count = int(rng.integers(1, 4))
+    return tuple(
+        (
+            0.1 + 0.8 * (i + 0.5) / count + rng.uniform(-0.04, 0.04),
+            0.5 + rng.uniform(-0.1, 0.1),
+            0.4 / count * rng.uniform(0.65, 0.9),
+            rng.uniform(0.22, 0.34),
+        )
+        for i in range(count)
+    )
+
+
 def _tissue_field(xs: Coords, ys: Coords, width: int, height: int, seed: int) -> Field:
     """Low-frequency field whose top quantile is tissue; depends on the slide size, not mpp.
 
-    A few octaves of noise scaled to the slide make a few large irregular sections; a fine
-    octave (fixed in pixels) roughens their outline; a rounded-rectangle falloff keeps them
-    off the edges of the slide.
+    Elliptic cones (one per section) plus noise octaves scaled to the slide make a few
+    irregular sections; a fine octave (fixed in pixels) roughens their outline; a steep
+    rounded-rectangle falloff keeps them TISSUE_MARGIN away from the edges of the slide.
     """
     scale = max(width, height)
-    octaves = ((2.5, 1.0), (5.0, 0.5), (10.0, 0.25), (20.0, 0.12))
-    field = np.zeros((ys.size, xs.size), np.float32)
-    for k, (cells, amp) in enumerate(octaves):
-        field += np.float32(amp) * _value_noise(xs, ys, scale / cells, seed, 10 + k)
-    field += np.float32(0.05) * _value_noise(xs, ys, 150.0, seed, 19)
-    field *= np.float32(1.0 / (sum(amp for _, amp in octaves) + 0.05))
-    u = ((2.0 * xs / width - 1.0) ** 4).astype(np.float32)
-    v = ((2.0 * ys / height - 1.0) ** 4).astype(np.float32)
-    radius = np.sqrt(np.sqrt(u[None, :] + v[:, None]))  # superellipse "radius", 1 at the edges
-    field *= np.float32(1.0) - _smoothstep(radius, 0.45, 1.0 - 2.0 * TISSUE_MARGIN)
+    amps = (1.0, 0.5, 0.25, 0.12, 0.05)
+    cells = (scale / 4, scale / 8, scale / 16, scale / 32, 150.0)
+    noise = np.zeros((ys.size, xs.size), np.float32)
+    for k, (amp, cell) in enumerate(zip(amps, cells)):
+        noise += np.float32(amp) * _value_noise(xs, ys, cell, seed, 10 + k)
+    field = (noise - np.float32(0.5 * sum(amps))) * np.float32(2.2 / sum(amps))
+    u, v = xs / width, ys / height
+    cones = np.full(field.shape, -1.0, np.float32)
+    for cx, cy, rx, ry in _sections(seed):
+        dx, dy = (u - cx) / rx, (v - cy) / ry
+        cone = 1.0 - np.sqrt((dx * dx)[None, :] + (dy * dy)[:, None])
+        np.maximum(cones, cone.astype(np.float32), out=cones)
+    field += cones
+    # superellipse |2u - 1|^4 + |2v - 1|^4 = radius^4: 0 in the centre, 1 on the edges
+    eu, ev = (2.0 * u - 1.0) * (2.0 * u - 1.0), (2.0 * v - 1.0) * (2.0 * v - 1.0)
+    radius = np.sqrt(np.sqrt((eu * eu)[None, :] + (ev * ev)[:, None])).astype(np.float32)
+    field -= np.float32(3.0) * _smoothstep(radius, 0.8, 1.0 - 2.0 * TISSUE_MARGIN)
     return field
 
 
@@ -207,6 +231,11 @@ class _Content:
         )
         return _value_noise(xs, ys, cell, self.seed, salt)
 
+    def holes(self, xs: Coords, ys: Coords) -> Field:
+        """Empty spaces inside the tissue (lumens, fat, tears): 1 inside a hole, else 0."""
+        noise = 0.7 * self.noise(xs, ys, 90.0, 34) + 0.3 * self.noise(xs, ys, 25.0, 35)
+        return _smoothstep(noise, 0.68, 0.74)
+
 
 @lru_cache(maxsize=8)
 def _grain_table(seed: int) -> NDArray[np.int32]:
@@ -223,7 +252,7 @@ def _palette() -> NDArray[np.uint32]:
     h = np.linspace(0.0, 1.0, _NH)[None, :, None, None]
     g = (np.arange(_NG) - (_NG - 1) / 2)[None, None, :, None]
     stroma = _GLASS + e * (_EOSIN - _GLASS)
-    rgb = stroma + h * (_HEMATOXYLIN - stroma) + g * (1.0 + 5.0 * e + 7.0 * h)
+    rgb = stroma + h * (_HEMATOXYLIN - stroma) + g * (1.0 + 3.0 * e + 5.0 * h)
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint32)
     packed = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
     return packed.reshape(-1).astype("<u4")
@@ -249,30 +278,35 @@ def _eosin(content: _Content, x: int, y: int, cols: int, rows: int) -> NDArray[n
     across = content.noise(xs, ys, (2.5, 12.0), 32)
     direction = _smoothstep(content.noise(xs, ys, 200.0, 33), 0.35, 0.65)
     fibres = across + (along - across) * direction
-    holes = _smoothstep(
-        0.7 * content.noise(xs, ys, 70.0, 34) + 0.3 * content.noise(xs, ys, 20.0, 35), 0.66, 0.74
-    )
-    density = np.clip(0.3 + 0.55 * texture + 0.4 * (fibres - 0.5), 0.12, 1.0)
-    coarse = content.tissue(xs, ys) * density * (1.0 - 0.9 * holes)
+    density = np.clip(0.3 + 0.55 * texture + 0.3 * (fibres - 0.5), 0.12, 1.0)
+    coarse = content.tissue(xs, ys) * density * (1.0 - 0.9 * content.holes(xs, ys))
     coarse = coarse * np.float32(_NE - 1) + np.float32(0.5)  # + 0.5: truncation rounds
 
-    full = _upsample(_upsample(coarse, s).T, s).T
+    full = _upsample(coarse, s)
     return full[y - ay : y - ay + rows, x - ax : x - ax + cols].astype(np.int32)
 
 
 def _upsample(coarse: Field, step: int) -> Field:
-    """Linear interpolation along the last axis: n + 1 samples -> n * step values.
+    """Bilinear interpolation of (m + 1, n + 1) samples to (m * step, n * step) pixels.
 
-    Written as one strided assignment per phase, which numpy runs much faster than the
-    equivalent broadcast over a short trailing axis.
+    Written as one assignment per phase, which numpy runs several times faster than the
+    equivalent broadcast over a short axis of length ``step``.
     """
-    left = coarse[..., :-1]
-    slope = coarse[..., 1:] - left
-    out = np.empty((*left.shape, step), np.float32)
-    for phase in range(step):
-        np.multiply(slope, np.float32(phase / step), out=out[..., phase])
-        out[..., phase] += left
-    return out.reshape(*left.shape[:-1], -1)
+    weights = [np.float32(phase / step) for phase in range(step)]
+    left = coarse[:, :-1]
+    slope = coarse[:, 1:] - left
+    rows = np.empty((*left.shape, step), np.float32)
+    for phase, weight in enumerate(weights):
+        np.multiply(slope, weight, out=rows[:, :, phase])
+        rows[:, :, phase] += left
+    along_x = rows.reshape(coarse.shape[0], -1)
+    top = along_x[:-1]
+    slope = along_x[1:] - top
+    out = np.empty((top.shape[0], step, top.shape[1]), np.float32)
+    for phase, weight in enumerate(weights):
+        np.multiply(slope, weight, out=out[:, phase])
+        out[:, phase] += top
+    return out.reshape(-1, top.shape[1])
 
 
 def _nuclei(
@@ -296,9 +330,11 @@ def _nuclei(
     def rand(k: int) -> Field:
         return _hash_uniform(content.seed, salt + k, iy, ix)
 
-    # which cells hold a nucleus: only in tissue, crowded in cellular islands
-    islands = _smoothstep(content.noise(centres_x, centres_y, 150.0, 40), 0.45, 0.6)
-    present = rand(0) < content.tissue(centres_x, centres_y) * (0.07 + 0.45 * islands)
+    # which cells hold a nucleus: only in tissue outside holes, crowded in cellular islands
+    islands = 0.7 * content.noise(centres_x, centres_y, 400.0, 40)
+    islands += 0.3 * content.noise(centres_x, centres_y, 60.0, 41)
+    odds = content.tissue(centres_x, centres_y) * (1.0 - content.holes(centres_x, centres_y))
+    present = rand(0) < odds * (0.06 + 0.5 * _smoothstep(islands, 0.45, 0.6))
 
     # ellipse with semi-axes a >= b, jittered to stay inside the cell; the orientation comes
     # from a rational parametrisation (no trigonometry: exact and identical everywhere)
@@ -410,14 +446,27 @@ def render_region(
 
 
 def _block_mean(image: Image, factor: int) -> Image:
-    """Area-average ``image`` by ``factor`` in both directions, dropping partial blocks."""
+    """Area-average ``image`` by ``factor`` in both directions, dropping partial blocks.
+
+    Sums rows as whole slices, then columns one channel at a time: numpy is an order of
+    magnitude slower at reductions or copies whose innermost axis is the 3 channels.
+    """
     rows, cols = image.shape[0] // factor, image.shape[1] // factor
     dtype = np.uint16 if factor * factor * 255 < 2**16 else np.uint32
-    blocks = image[: rows * factor, : cols * factor].reshape(rows, factor, cols * factor * 3)
-    summed = blocks.sum(axis=1, dtype=dtype).reshape(rows, cols, factor, 3).sum(axis=2, dtype=dtype)
-    summed += dtype(factor * factor // 2)
-    summed //= dtype(factor * factor)
-    return summed.astype(np.uint8)
+    image = image[: rows * factor, : cols * factor]
+    row_sums = image[0::factor].astype(dtype)
+    for i in range(1, factor):
+        row_sums += image[i::factor]
+    blocks = row_sums.reshape(rows, cols, factor, 3)
+    sums = np.empty((rows, cols, 3), dtype)
+    for channel in range(3):
+        out = sums[:, :, channel]
+        np.copyto(out, blocks[:, :, 0, channel])
+        for j in range(1, factor):
+            out += blocks[:, :, j, channel]
+    sums += dtype(factor * factor // 2)
+    sums //= dtype(factor * factor)
+    return sums.astype(np.uint8)
 
 
 class _Reducer:

@@ -85,14 +85,13 @@ class Geometry:
         c = self.chunk
         return cy * c, min((cy + 1) * c, self.height), cx * c, min((cx + 1) * c, self.width)
 
-    def chunk_tiles_along(self, axis: AxisTiles, index: int) -> range:
-        """Tiles along ``axis`` that contribute to chunk ``index`` along it."""
-        first, last = index * self.chunk_tiles, min((index + 1) * self.chunk_tiles, axis.count)
+    def tiles_touching(self, axis: AxisTiles, a: int, b: int) -> range:
+        """Tiles along ``axis`` that contribute to output pixels ``[a, b)``."""
         if self.mode == "crop":
-            return range(first, last)
-        c0, c1 = index * self.chunk, min((index + 1) * self.chunk, axis.length)
-        hits = [i for i in range(max(0, first - 2), min(axis.count, last + 2))
-                if axis.start(i) < c1 and axis.start(i) + axis.tile > c0]
+            return range(a // axis.stride, min(axis.count, (b - 1) // axis.stride + 1))
+        first, last = a // axis.stride, (b - 1) // axis.stride
+        hits = [i for i in range(max(0, first - 2), min(axis.count, last + 3))
+                if axis.start(i) < b and axis.start(i) + axis.tile > a]
         return range(hits[0], hits[-1] + 1)
 
     @property
