@@ -210,3 +210,22 @@ def test_region_prediction_equals_the_whole_slide_output(tiff_slide, tmp_path) -
     whole = level0(tmp_path / "o.zarr")
     np.testing.assert_allclose(region.probabilities, whole[:, 155:345, 301:523], atol=1e-6)
     assert region.tiles_run == 5 * 4  # only the 64-px tiles under the region
+
+
+def test_cancel_stops_the_run_and_leaves_it_incomplete(tiff_slide, red_card, tmp_path) -> None:
+    from wsi_infer.errors import Cancelled
+
+    path, _ = tiff_slide
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    out = tmp_path / "o.zarr"
+    with pytest.raises(Cancelled):
+        run_slide(path, out, RunOptions(model=str(red_card), tile_size=32, chunk_size=64,
+                                        tissue_mask=False, workers=1), should_stop=stop)
+    info = zarr.open_group(str(out), mode="r").attrs["wsi_infer"]
+    assert info["status"] == "failed" and "Cancelled" in info["error"]
+    assert len(calls) < 16 * 22  # stopped long before all 352 chunks

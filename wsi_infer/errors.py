@@ -69,3 +69,9 @@ class OutputError(WsiInferError, OSError):
 
     exit_code = 5
 
+
+
+class Cancelled(WsiInferError):
+    """The run was cancelled by the caller (e.g. a Cancel button)."""
+
+    exit_code = 130

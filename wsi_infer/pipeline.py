@@ -27,7 +27,7 @@ import zarr
 from dask.callbacks import Callback
 
 from .backends import BackendName, create_backend
-from .errors import MissingMppError, WsiInferError
+from .errors import Cancelled, MissingMppError, WsiInferError
 from .models import DEFAULT_MODEL, ModelCard, load_card, resolve_model
 from .output import (
     STATUS_COMPLETE,
@@ -148,6 +148,7 @@ def run_slide(
     progress: ProgressCallback | None = None,
     resume: bool = False,
     client: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Run ``options.model`` over a slide and write the overlay; returns a summary.
 
@@ -155,6 +156,8 @@ def run_slide(
     is complete nothing is done (status ``"skipped"``), if not, only the chunks it lacks are
     computed.  ``client`` (a ``distributed.Client``) runs the chunks on a Dask cluster;
     without it they run on Dask's threaded scheduler with ``options.workers`` threads.
+    ``should_stop`` is polled between chunks; when it returns true the run stops with
+    :class:`Cancelled` and the output stays marked incomplete (it can be resumed).
     """
     started = time.perf_counter()
     slide_path = Path(slide_path)
@@ -205,7 +208,7 @@ def run_slide(
         todo = [c for c in tissue_chunks if c not in done]
         try:
             t0 = time.perf_counter()
-            results = _compute_chunks(job, todo, options.workers, progress, client)
+            results = _compute_chunks(job, todo, options.workers, progress, client, should_stop)
             timings["inference_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             writer.build_pyramid()
@@ -299,11 +302,13 @@ def _provenance(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan, 
 
 
 def _compute_chunks(job: ChunkJob, todo: list[tuple[int, int]], workers: int,
-                    progress: ProgressCallback | None, client: Any = None) -> list[tuple[int, int]]:
+                    progress: ProgressCallback | None, client: Any = None,
+                    should_stop: Callable[[], bool] | None = None) -> list[tuple[int, int]]:
     """Run the chunk tasks on a Dask cluster (``client``) or Dask's threaded scheduler,
     reporting progress in tiles."""
     total = sum(_tiles_in_chunk(job.geometry, *c) for c in todo)
-    tasks = [dask.delayed(process_chunk, pure=False)(job, cy, cx, dask_key_name=f"chunk-{cy}-{cx}-{job.output_path}")
+    task = process_chunk if should_stop is None or client is not None else _stoppable(should_stop)
+    tasks = [dask.delayed(task, pure=False)(job, cy, cx, dask_key_name=f"chunk-{cy}-{cx}-{job.output_path}")
              for cy, cx in todo]
     done = [0]
 
@@ -317,9 +322,14 @@ def _compute_chunks(job: ChunkJob, todo: list[tuple[int, int]], workers: int,
 
         futures = client.compute(tasks)
         results = []
-        for future in as_completed(futures):
-            results.append(future.result())
-            report(results[-1])
+        try:
+            for future in as_completed(futures):
+                results.append(future.result())
+                report(results[-1])
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"{job.slide_path}: cancelled")
+        finally:
+            client.cancel(futures)
         return results
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
@@ -328,6 +338,15 @@ def _compute_chunks(job: ChunkJob, todo: list[tuple[int, int]], workers: int,
 
     with Callback(posttask=posttask):
         return list(dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers)))
+
+
+def _stoppable(should_stop: Callable[[], bool]) -> Callable[[ChunkJob, int, int], tuple[int, int]]:
+    def run(job: ChunkJob, cy: int, cx: int) -> tuple[int, int]:
+        if should_stop():
+            raise Cancelled(f"{job.slide_path}: cancelled")
+        return process_chunk(job, cy, cx)
+
+    return run
 
 
 def process_chunk(job: ChunkJob, cy: int, cx: int) -> tuple[int, int]:

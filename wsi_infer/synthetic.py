@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -430,16 +431,30 @@ def render_region(
         raise ValueError(f"background must be 'glass' or 'black', got {background!r}")
     content = _Content(slide_width, slide_height, seed, float(tissue_fraction), float(mpp))
     out = np.empty((height, width, 3), np.uint8)
+    _render_into(content, background, x, y, out)
+    return out
+
+
+def _render_into(
+    content: _Content, background: Background, x: int, y: int, out: Image,
+    pool: ThreadPoolExecutor | None = None,
+) -> None:
+    """Render the pixels at [y, y + rows) x [x, x + cols) into ``out`` (rows, cols, 3),
+    block by block, on ``pool`` if given (numpy releases the GIL for the heavy lifting)."""
+    height, width = out.shape[:2]
     block_rows, block_cols = _BLOCK
-    for by in range(0, height, block_rows):
-        for bx in range(0, width, block_cols):
-            block = out[by : by + block_rows, bx : bx + block_cols]
-            _render_block(content, x + bx, y + by, block)
+    corners = [(bx, by) for by in range(0, height, block_rows) for bx in range(0, width, block_cols)]
+
+    def render(corner: tuple[int, int]) -> None:
+        bx, by = corner
+        _render_block(content, x + bx, y + by, out[by : by + block_rows, bx : bx + block_cols])
+
+    for _ in pool.map(render, corners) if pool else map(render, corners):
+        pass
     if background == "black":
-        scan_w, scan_h = _scanned_extent(slide_width, slide_height)
+        scan_w, scan_h = _scanned_extent(content.width, content.height)
         out[:, max(0, min(width, scan_w - x)) :] = 0
         out[max(0, min(height, scan_h - y)) :] = 0
-    return out
 
 
 # --------------------------------------------------------------------------- pyramid
@@ -525,13 +540,14 @@ def _level_sizes(width: int, height: int, factor: int, min_size: int) -> list[tu
 
 
 def _tiles(band: Image, tile: int) -> Iterator[Image]:
-    """The tiles of a band of at most ``tile`` rows, edge-padded to full tiles."""
-    rows, cols = band.shape[:2]
-    pad_rows, pad_cols = tile - rows, -cols % tile
-    if pad_rows or pad_cols:
-        band = np.pad(band, ((0, pad_rows), (0, pad_cols), (0, 0)), mode="edge")
+    """The tiles of a band of at most ``tile`` rows; edge tiles are padded by repeating the
+    last row / column (zero padding would make JPEG ring into the real pixels)."""
     for x in range(0, band.shape[1], tile):
-        yield band[:, x : x + tile]
+        piece = band[:, x : x + tile]
+        pad_rows, pad_cols = tile - piece.shape[0], tile - piece.shape[1]
+        if pad_rows or pad_cols:
+            piece = np.pad(piece, ((0, pad_rows), (0, pad_cols), (0, 0)), mode="edge")
+        yield piece
 
 
 def _level_tiles(bands: Iterator[Image], tile: int, sinks: list[_Sink]) -> Iterator[Image]:
@@ -543,13 +559,21 @@ def _level_tiles(bands: Iterator[Image], tile: int, sinks: list[_Sink]) -> Itera
 
 
 def _rendered_bands(content: _Content, background: Background, rows: int) -> Iterator[Image]:
-    """Level 0 of a slide in bands of ``rows`` rows."""
-    for y in range(0, content.height, rows):
-        yield render_region(
-            0, y, content.width, min(rows, content.height - y),
-            slide_width=content.width, slide_height=content.height, seed=content.seed,
-            tissue_fraction=content.fraction, mpp=content.mpp, background=background,
-        )
+    """Level 0 of a slide in bands of ``rows`` rows, each rendered by a pool of threads."""
+    with ThreadPoolExecutor(_render_threads()) as pool:
+        for y in range(0, content.height, rows):
+            band = np.empty((min(rows, content.height - y), content.width, 3), np.uint8)
+            _render_into(content, background, 0, y, band, pool)
+            yield band
+
+
+def _render_threads() -> int:
+    """Threads used to render a slide: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not available on macOS / Windows
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 def _reduce_into(reducer: _Reducer, sink: _Sink) -> _Sink:
