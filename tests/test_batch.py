@@ -131,3 +131,37 @@ def test_sigkill_mid_run_then_resume_recomputes_only_missing_chunks(tmp_path: Pa
     clean = tmp_path / "clean"
     assert subprocess.run([EXE, *args, "--out-dir", str(clean)], capture_output=True).returncode == 0
     np.testing.assert_array_equal(overlay(out / "big.zarr"), overlay(clean / "big.zarr"))
+
+
+def test_batch_on_dask_scheduler_and_worker_processes(tmp_path: Path, red_card: Path) -> None:
+    bindir = Path(sys.executable).parent
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--no-dashboard", "--scheduler-file",
+                                  str(scheduler_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
+                                   "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        slides = [write_pyramid(tmp_path / f"s{i}.tif", tissue_image(300, 500, seed=i), mpp=0.5)
+                  for i in range(2)]
+        result = subprocess.run([EXE, "batch", *map(str, slides), "--out-dir", str(tmp_path / "out"),
+                                 "--model", str(red_card), "--scheduler", address],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((tmp_path / "out" / "run-manifest.json").read_text())
+        assert manifest["counts"] == {"done": 2}
+        rgb = tissue_image(300, 500, seed=1)
+        got = overlay(tmp_path / "out" / "s1.zarr")[0]
+        computed = got > 0
+        assert computed.mean() > 0.3
+        np.testing.assert_array_equal(got[computed], rgb[..., 0][computed])
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
