@@ -126,3 +126,28 @@ def test_red_channel_through_the_cli_is_pixel_exact(tiff_slide, red_card, tmp_pa
     out = tmp_path / "o.zarr"
     assert cli(path, "--model", red_card, "--out", out, "--no-tissue-mask", "-q").returncode == 0
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][0], rgb[..., 0])
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_stops_promptly_and_leaves_output_incomplete(sig, tmp_path, red_card) -> None:
+    import os
+    import signal
+    import time
+
+    path = write_pyramid(tmp_path / "big.tif", tissue_image(2400, 2400), mpp=0.5, tile=256)
+    out = tmp_path / "o.zarr"
+    process = subprocess.Popen([EXE, str(path), "--model", str(red_card), "--out", str(out),
+                                "--chunk-size", "128", "--tile-size", "64", "--no-tissue-mask"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = out / "wsi_infer_progress"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (progress.is_dir() and len(os.listdir(progress)) > 5):
+        time.sleep(0.01)
+    process.send_signal(getattr(signal, sig))
+    t0 = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    info = zarr.open_group(str(out), mode="r").attrs["wsi_infer"]
+    assert info["status"] == "failed" and "KeyboardInterrupt" in info["error"]

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -326,6 +327,11 @@ class dask_client:  # noqa: N801 - used as a context manager like a function
             self.cluster.close()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM stops like Ctrl-C: the output is marked incomplete and the exit code is 130."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
@@ -336,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "run":
             return cmd_run(args, args.slide, args.out)

@@ -41,7 +41,7 @@ Kind = Literal["svs", "tiff", "ome-tiff"]
 Background = Literal["glass", "black"]
 Image = NDArray[np.uint8]
 Field = NDArray[np.float32]
-Coords = NDArray[np.float64]
+Coords = NDArray[np.floating[Any]]
 _Sink = Callable[[Image], None]
 
 #: Smooth fields are evaluated every this many pixels and upsampled bilinearly.
@@ -71,6 +71,8 @@ _HEMATOXYLIN = np.array([72.0, 42.0, 124.0])
 # Period of the grain table (rows, columns); primes, so tiles never line up with it.
 _GRAIN_PERIOD = (499, 509)
 _APERIO_HEADER = "Aperio Image Library v12.0.15 \n"
+# Bytes of tiles tifffile collects before compressing them on its thread pool.
+_ENCODE_BUFFER = 64 << 20
 
 
 # --------------------------------------------------------------------------- noise
@@ -118,8 +120,13 @@ def _value_noise(
 
 
 def _smoothstep(x: Field, lo: float, hi: float) -> Field:
-    t = np.clip((x - np.float32(lo)) * np.float32(1.0 / (hi - lo)), 0.0, 1.0)
+    t: Field = np.clip((x - np.float32(lo)) * np.float32(1.0 / (hi - lo)), 0.0, 1.0)
     return t * t * (np.float32(3.0) - np.float32(2.0) * t)
+
+
+def _rng(seed: int, salt: int) -> np.random.Generator:
+    """A random generator for per-slide constants (any int seed, negative ones included)."""
+    return np.random.default_rng([seed % 2**64, salt])
 
 
 # --------------------------------------------------------------------------- tissue layout
@@ -129,7 +136,7 @@ def _smoothstep(x: Field, lo: float, hi: float) -> Field:
 def _sections(seed: int) -> tuple[tuple[float, float, float, float], ...]:
     """Centre and radii (cx, cy, rx, ry, as shares of the slide size) of 1-3 tissue sections,
     side by side like serial sections on a slide."""
-    rng = np.random.default_rng([seed, 0x5EC7])
+    rng = _rng(seed, 0x5EC7)
     count = int(rng.integers(1, 4))
     return tuple(
         (
@@ -153,7 +160,7 @@ def _tissue_field(xs: Coords, ys: Coords, width: int, height: int, seed: int) ->
     amps = (1.0, 0.5, 0.25, 0.12, 0.05)
     cells = (scale / 4, scale / 8, scale / 16, scale / 32, 150.0)
     noise = np.zeros((ys.size, xs.size), np.float32)
-    for k, (amp, cell) in enumerate(zip(amps, cells)):
+    for k, (amp, cell) in enumerate(zip(amps, cells, strict=True)):
         noise += np.float32(amp) * _value_noise(xs, ys, cell, seed, 10 + k)
     field = (noise - np.float32(0.5 * sum(amps))) * np.float32(2.2 / sum(amps))
     u, v = xs / width, ys / height
@@ -197,6 +204,8 @@ def tissue_truth(
     padding of ``background="black"``, and its layout does not depend on mpp.
     """
     rows, cols = shape
+    if rows <= 0 or cols <= 0 or slide_width <= 0 or slide_height <= 0:
+        raise ValueError(f"sizes must be positive, got {slide_width}x{slide_height}, {shape}")
     xs = (np.arange(cols) + 0.5) * (slide_width / cols)
     ys = (np.arange(rows) + 0.5) * (slide_height / rows)
     field = _tissue_field(xs, ys, slide_width, slide_height, seed)
@@ -221,9 +230,12 @@ class _Content:
         """Soft tissue mask in [0, 1] on a grid; 0.5 on the outline of :func:`tissue_truth`."""
         field = _tissue_field(xs, ys, self.width, self.height, self.seed)
         threshold = _tissue_threshold(self.width, self.height, self.seed, self.fraction)
-        return np.clip((field - np.float32(threshold)) * np.float32(300.0) + 0.5, 0.0, 1.0)
+        mask: Field = np.clip((field - np.float32(threshold)) * np.float32(300.0) + 0.5, 0, 1)
+        return mask
 
-    def noise(self, xs: Coords, ys: Coords, cell_um: float | tuple[float, float], salt: int) -> Field:
+    def noise(
+        self, xs: Coords, ys: Coords, cell_um: float | tuple[float, float], salt: int
+    ) -> Field:
         """Value noise with a lattice spacing given in micrometres."""
         cell = (
             (cell_um[0] / self.mpp, cell_um[1] / self.mpp)
@@ -241,22 +253,22 @@ class _Content:
 @lru_cache(maxsize=8)
 def _grain_table(seed: int) -> NDArray[np.int32]:
     """Periodic table of grain levels (0.._NG-1), roughly Gaussian around the middle."""
-    rng = np.random.default_rng([seed, 0x5EED])
+    rng = _rng(seed, 0x5EED)
     levels = np.rint(rng.normal((_NG - 1) / 2, 1.4, _GRAIN_PERIOD))
     return np.clip(levels, 0, _NG - 1).astype(np.int32)
 
 
 @lru_cache(maxsize=1)
 def _palette() -> NDArray[np.uint32]:
-    """RGB, packed little-endian into uint32, for every (eosin, hematoxylin, grain) index."""
+    """RGB0 bytes, viewed as one uint32, for every (eosin, hematoxylin, grain) index."""
     e = np.linspace(0.0, 1.0, _NE)[:, None, None, None]
     h = np.linspace(0.0, 1.0, _NH)[None, :, None, None]
     g = (np.arange(_NG) - (_NG - 1) / 2)[None, None, :, None]
     stroma = _GLASS + e * (_EOSIN - _GLASS)
     rgb = stroma + h * (_HEMATOXYLIN - stroma) + g * (1.0 + 3.0 * e + 5.0 * h)
-    rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint32)
-    packed = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-    return packed.reshape(-1).astype("<u4")
+    rgbx = np.zeros((_NE * _NH * _NG, 4), np.uint8)
+    rgbx[:, :3] = np.clip(np.rint(rgb), 0, 255).reshape(-1, 3)
+    return rgbx.view(np.uint32)[:, 0]
 
 
 def _aligned(start: int, size: int, step: int) -> tuple[int, int]:
@@ -366,7 +378,8 @@ def _nuclei(
     np.minimum(level, plateau[:, None, :, None], out=level)
     np.maximum(level, 0.0, out=level)
     top, left = y - shift - ay, x - shift - ax
-    return level.reshape(arows, acols)[top : top + rows, left : left + cols]
+    region: Field = level.reshape(arows, acols)[top : top + rows, left : left + cols]
+    return region
 
 
 def _grain(seed: int, x: int, y: int, cols: int, rows: int) -> NDArray[np.int32]:
@@ -436,14 +449,20 @@ def render_region(
 
 
 def _render_into(
-    content: _Content, background: Background, x: int, y: int, out: Image,
+    content: _Content,
+    background: Background,
+    x: int,
+    y: int,
+    out: Image,
     pool: ThreadPoolExecutor | None = None,
 ) -> None:
     """Render the pixels at [y, y + rows) x [x, x + cols) into ``out`` (rows, cols, 3),
     block by block, on ``pool`` if given (numpy releases the GIL for the heavy lifting)."""
     height, width = out.shape[:2]
     block_rows, block_cols = _BLOCK
-    corners = [(bx, by) for by in range(0, height, block_rows) for bx in range(0, width, block_cols)]
+    corners = [
+        (bx, by) for by in range(0, height, block_rows) for bx in range(0, width, block_cols)
+    ]
 
     def render(corner: tuple[int, int]) -> None:
         bx, by = corner
@@ -469,11 +488,11 @@ def _block_mean(image: Image, factor: int) -> Image:
     rows, cols = image.shape[0] // factor, image.shape[1] // factor
     dtype = np.uint16 if factor * factor * 255 < 2**16 else np.uint32
     image = image[: rows * factor, : cols * factor]
-    row_sums = image[0::factor].astype(dtype)
+    row_sums: NDArray[np.unsignedinteger[Any]] = image[0::factor].astype(dtype)
     for i in range(1, factor):
         row_sums += image[i::factor]
     blocks = row_sums.reshape(rows, cols, factor, 3)
-    sums = np.empty((rows, cols, 3), dtype)
+    sums: NDArray[np.unsignedinteger[Any]] = np.empty((rows, cols, 3), dtype)
     for channel in range(3):
         out = sums[:, :, channel]
         np.copyto(out, blocks[:, :, 0, channel])
@@ -509,7 +528,8 @@ class _Spool:
 
     def __init__(self, directory: Path, width: int, height: int) -> None:
         self.width, self.height = width, height
-        self._file: BinaryIO = tempfile.TemporaryFile(dir=directory, prefix=".synthetic-")
+        # owned by the spool, closed by bands() or close()
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=directory, prefix=".synthetic-")  # noqa: SIM115
 
     def append(self, rows: Image) -> None:
         self._file.write(np.ascontiguousarray(rows).data)
@@ -581,23 +601,82 @@ def _reduce_into(reducer: _Reducer, sink: _Sink) -> _Sink:
     return lambda rows: sink(reducer.push(rows))
 
 
-def _aperio_description(
-    size: tuple[int, int], base: tuple[int, int], tile: int, quality: int, mpp: float | None
-) -> str:
-    """ImageDescription of an Aperio page: the baseline if ``size == base``, else a reduction."""
-    w, h = size
-    mpp_part = f"|MPP = {mpp}" if mpp is not None else ""
-    if size == base:
-        return (
-            f"{_APERIO_HEADER}{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG Q={quality}"
-            f"|AppMag = 40{mpp_part}|Filename = synthetic|ScanScope ID = SYNTHETIC"
-        )
-    return f"{_APERIO_HEADER}{base[0]}x{base[1]} -> {w}x{h} - |AppMag = 40{mpp_part}"
+@dataclass(frozen=True)
+class _Layout:
+    """How the pages of a synthetic slide are written: tifffile.write arguments per page."""
+
+    kind: Kind
+    sizes: list[tuple[int, int]]
+    tile: int
+    quality: int
+    mpp: float | None
+
+    def _jpeg(self) -> dict[str, Any]:
+        return {
+            "photometric": "rgb",
+            "compression": "jpeg",
+            "compressionargs": {"level": self.quality},
+            "metadata": None,
+        }
+
+    def options(self, level: int) -> dict[str, Any]:
+        """Arguments for the tiled page of pyramid level ``level``."""
+        (width, height), (w, h) = self.sizes[0], self.sizes[level]
+        opts = {
+            **self._jpeg(),
+            "shape": (h, w, 3),
+            "dtype": np.uint8,
+            "tile": (self.tile, self.tile),
+            "buffersize": _ENCODE_BUFFER,
+        }
+        if self.kind == "svs":
+            opts["description"] = self._aperio_description(w, h)
+            return opts
+        if self.mpp is not None:
+            opts["resolution"] = (1e4 / self.mpp * w / width, 1e4 / self.mpp * h / height)
+            opts["resolutionunit"] = "CENTIMETER"
+        if level:
+            opts["subfiletype"] = 1
+            return opts
+        opts["subifds"] = len(self.sizes) - 1
+        if self.kind == "ome-tiff":
+            metadata: dict[str, Any] = {"axes": "YXS"}
+            if self.mpp is not None:
+                metadata |= {
+                    "PhysicalSizeX": self.mpp,
+                    "PhysicalSizeXUnit": "µm",
+                    "PhysicalSizeY": self.mpp,
+                    "PhysicalSizeYUnit": "µm",
+                }
+            opts["metadata"] = metadata
+        return opts
+
+    def thumbnail_options(self, image: Image) -> dict[str, Any]:
+        """Arguments for the stripped thumbnail page of an SVS."""
+        return {**self._jpeg(), "description": self._aperio_description(*image.shape[1::-1])}
+
+    def _aperio_description(self, w: int, h: int) -> str:
+        """Aperio ImageDescription of the baseline page, or of a page reduced to w x h."""
+        width, height = self.sizes[0]
+        mpp = f"|MPP = {self.mpp}" if self.mpp is not None else ""
+        if (w, h) == (width, height):
+            return (
+                f"{_APERIO_HEADER}{w}x{h} [0,0 {w}x{h}] ({self.tile}x{self.tile}) "
+                f"JPEG Q={self.quality}|AppMag = 40{mpp}|Filename = synthetic"
+                "|ScanScope ID = SYNTHETIC"
+            )
+        return f"{_APERIO_HEADER}{width}x{height} -> {w}x{h} - |AppMag = 40{mpp}"
 
 
 def _validate(
-    width: int, height: int, mpp: float | None, kind: str, tile: int, quality: int,
-    min_level_size: int, background: str,
+    width: int,
+    height: int,
+    mpp: float | None,
+    kind: str,
+    tile: int,
+    quality: int,
+    min_level_size: int,
+    background: str,
 ) -> None:
     if width <= 0 or height <= 0:
         raise ValueError(f"slide size must be positive, got {width}x{height}")
@@ -657,41 +736,10 @@ def make_slide(
     factor = 4 if kind == "svs" else 2
     sizes = _level_sizes(width, height, factor, min_level_size)
     content = _Content(width, height, seed, float(tissue_fraction), mpp or DEFAULT_CONTENT_MPP)
-
-    def options(level: int) -> dict[str, Any]:
-        """tifffile.write arguments for a pyramid level."""
-        size = sizes[level]
-        opts: dict[str, Any] = {
-            "shape": (size[1], size[0], 3),
-            "dtype": np.uint8,
-            "tile": (tile, tile),
-            "photometric": "rgb",
-            "compression": "jpeg",
-            "compressionargs": {"level": jpeg_quality},
-            "metadata": None,
-        }
-        if kind == "svs":
-            opts["description"] = _aperio_description(size, sizes[0], tile, jpeg_quality, mpp)
-            return opts
-        if mpp is not None:
-            opts["resolution"] = (1e4 / mpp * size[0] / width, 1e4 / mpp * size[1] / height)
-            opts["resolutionunit"] = "CENTIMETER"
-        if level > 0:
-            opts["subfiletype"] = 1
-        else:
-            opts["subifds"] = len(sizes) - 1
-        if level == 0 and kind == "ome-tiff":
-            opts["metadata"] = {"axes": "YXS"}
-            if mpp is not None:
-                opts["metadata"].update(
-                    PhysicalSizeX=mpp, PhysicalSizeXUnit="µm",
-                    PhysicalSizeY=mpp, PhysicalSizeYUnit="µm",
-                )
-        return opts
-
-    raw_bytes = sum(w * h * 3 for w, h in sizes)
+    layout = _Layout(kind, sizes, tile, jpeg_quality, mpp)
     spools = [_Spool(path.parent, w, h) for w, h in sizes[1:]]
     try:
+        raw_bytes = sum(w * h * 3 for w, h in sizes)
         with tifffile.TiffWriter(path, bigtiff=raw_bytes > 2**31, ome=kind == "ome-tiff") as tif:
             sinks: list[_Sink] = []
             if spools:
@@ -701,23 +749,20 @@ def make_slide(
                 step = max(1, min(-(-max(width, height) // THUMBNAIL_SIZE), width, height))
                 reducer = _Reducer(step, (width // step, height // step))
                 sinks.append(_reduce_into(reducer, thumbnail.append))
-            tif.write(_level_tiles(_rendered_bands(content, background, tile), tile, sinks),
-                      **options(0))
+            bands = _rendered_bands(content, background, tile)
+            tif.write(_level_tiles(bands, tile, sinks), **layout.options(0))
             if kind == "svs":
                 image = np.concatenate(thumbnail)
-                tif.write(
-                    image, photometric="rgb", compression="jpeg", metadata=None,
-                    compressionargs={"level": jpeg_quality},
-                    description=_aperio_description(
-                        (image.shape[1], image.shape[0]), sizes[0], tile, jpeg_quality, mpp
-                    ),
-                )
+                tif.write(image, **layout.thumbnail_options(image))
             for level, spool in enumerate(spools, start=1):
                 sinks = []
                 if level < len(spools):
                     reducer = _Reducer(factor, sizes[level + 1])
                     sinks.append(_reduce_into(reducer, spools[level].append))
-                tif.write(_level_tiles(spool.bands(tile), tile, sinks), **options(level))
+                tif.write(_level_tiles(spool.bands(tile), tile, sinks), **layout.options(level))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     finally:
         for spool in spools:
             spool.close()
