@@ -51,7 +51,8 @@ NUCLEUS_RADIUS_UM = (3.0, 5.0)
 #: Share of the slide width (height) that is black scanner padding on the right (bottom)
 #: edge when ``background="black"``.
 BLACK_BAND = 0.05
-#: Tissue never comes closer to an edge of the slide than this share of the slide size.
+#: Tissue keeps this share of the slide size away from its edges (as long as the tissue
+#: fraction is below about 0.65, beyond which it has to spread into the margin).
 TISSUE_MARGIN = 0.07
 #: Longest side of the SVS thumbnail page (pixels, at most).
 THUMBNAIL_SIZE = 768
@@ -200,8 +201,9 @@ def tissue_truth(
     """Where a synthetic slide has tissue, as a boolean mask of ``shape`` (rows, cols).
 
     Mask pixel (i, j) covers ``slide_height / rows`` x ``slide_width / cols`` slide pixels and
-    is True when the slide has tissue at its centre.  Tissue never lies under the black
-    padding of ``background="black"``, and its layout does not depend on mpp.
+    is True when the slide has tissue at its centre.  The layout does not depend on mpp, and
+    tissue stays clear of the black padding of ``background="black"`` unless
+    ``tissue_fraction`` is above about 0.65.
     """
     rows, cols = shape
     if rows <= 0 or cols <= 0 or slide_width <= 0 or slide_height <= 0:
@@ -504,7 +506,10 @@ def _block_mean(image: Image, factor: int) -> Image:
 
 
 class _Reducer:
-    """Area-averages a stream of image rows by an integer factor into an image of known size."""
+    """Area-averages a stream of image rows by an integer factor into an image of known size.
+
+    Holds back fewer than ``factor`` input rows between calls.
+    """
 
     def __init__(self, factor: int, size: tuple[int, int]) -> None:
         self.factor = factor
@@ -513,14 +518,14 @@ class _Reducer:
 
     def push(self, rows: Image) -> Image:
         """Take the next rows of the input; return the output rows they complete."""
+        rows = rows[:, : self.width * self.factor]
         if self._pending is not None:
             rows = np.concatenate([self._pending, rows])
-        f = self.factor
-        n = min(rows.shape[0] // f, self.rows_left)
+        n = min(rows.shape[0] // self.factor, self.rows_left)
         self.rows_left -= n
-        left_over = rows[n * f :] if self.rows_left else rows[:0]
-        self._pending = left_over.copy() if left_over.shape[0] else None
-        return _block_mean(rows[: n * f, : self.width * f], f)
+        rest = rows[n * self.factor :] if self.rows_left else rows[:0]
+        self._pending = rest.copy() if rest.shape[0] else None
+        return _block_mean(rows[: n * self.factor], self.factor)
 
 
 class _Spool:
@@ -576,6 +581,7 @@ def _level_tiles(bands: Iterator[Image], tile: int, sinks: list[_Sink]) -> Itera
         for sink in sinks:
             sink(band)
         yield from _tiles(band, tile)
+        del band  # before the next band is made: only about one band in memory at a time
 
 
 def _rendered_bands(content: _Content, background: Background, rows: int) -> Iterator[Image]:
@@ -585,6 +591,7 @@ def _rendered_bands(content: _Content, background: Background, rows: int) -> Ite
             band = np.empty((min(rows, content.height - y), content.width, 3), np.uint8)
             _render_into(content, background, 0, y, band, pool)
             yield band
+            del band
 
 
 def _render_threads() -> int:
@@ -599,6 +606,37 @@ def _render_threads() -> int:
 def _reduce_into(reducer: _Reducer, sink: _Sink) -> _Sink:
     """A sink that area-averages the rows it gets and passes the result to ``sink``."""
     return lambda rows: sink(reducer.push(rows))
+
+
+def _fan_out(sinks: list[_Sink]) -> _Sink:
+    """A sink that passes the rows it gets to each of ``sinks``."""
+
+    def feed(rows: Image) -> None:
+        for sink in sinks:
+            sink(rows)
+
+    return feed
+
+
+def _level0_sinks(
+    kind: Kind, factor: int, sizes: list[tuple[int, int]], spools: list[_Spool]
+) -> tuple[list[_Sink], list[Image]]:
+    """Where the bands of level 0 go besides the file: reduced into the level-1 spool and,
+    for svs, into the thumbnail (reduced from level 1 when there is one: narrower, cheaper).
+
+    Returns the sinks and the list that collects the rows of the thumbnail.
+    """
+    thumbnail: list[Image] = []
+    level0: list[_Sink] = []
+    level1: list[_Sink] = [spools[0].append] if spools else []
+    if kind == "svs":
+        source = sizes[1] if spools else sizes[0]
+        step = max(1, min(-(-max(source) // THUMBNAIL_SIZE), *source))
+        reducer = _Reducer(step, (source[0] // step, source[1] // step))
+        (level1 if spools else level0).append(_reduce_into(reducer, thumbnail.append))
+    if spools:
+        level0.append(_reduce_into(_Reducer(factor, sizes[1]), _fan_out(level1)))
+    return level0, thumbnail
 
 
 @dataclass(frozen=True)
@@ -741,14 +779,7 @@ def make_slide(
     try:
         raw_bytes = sum(w * h * 3 for w, h in sizes)
         with tifffile.TiffWriter(path, bigtiff=raw_bytes > 2**31, ome=kind == "ome-tiff") as tif:
-            sinks: list[_Sink] = []
-            if spools:
-                sinks.append(_reduce_into(_Reducer(factor, sizes[1]), spools[0].append))
-            thumbnail: list[Image] = []
-            if kind == "svs":
-                step = max(1, min(-(-max(width, height) // THUMBNAIL_SIZE), width, height))
-                reducer = _Reducer(step, (width // step, height // step))
-                sinks.append(_reduce_into(reducer, thumbnail.append))
+            sinks, thumbnail = _level0_sinks(kind, factor, sizes, spools)
             bands = _rendered_bands(content, background, tile)
             tif.write(_level_tiles(bands, tile, sinks), **layout.options(0))
             if kind == "svs":
