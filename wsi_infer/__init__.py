@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import WsiInferError  # noqa: E402
-from .pipeline import RunOptions, RunSummary, run_slide  # noqa: E402
-from .readers import open_slide  # noqa: E402
+from .errors import WsiInferError
+from .pipeline import RunOptions, RunSummary, run_slide
+from .readers import open_slide
 
 __all__ = ["RunOptions", "RunSummary", "WsiInferError", "__version__", "open_slide", "run_slide"]

@@ -273,7 +273,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .batch import EXIT_ALL_OK, EXIT_NO_INPUT, EXIT_SOME_FAILED, LOG_NAME, collect_items, run_batch
+    from .batch import (
+        EXIT_ALL_OK,
+        EXIT_NO_INPUT,
+        EXIT_SOME_FAILED,
+        LOG_NAME,
+        collect_items,
+        run_batch,
+    )
 
     items = collect_items(args.inputs, args.glob)
     if not items:
@@ -294,7 +301,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if report.failed else EXIT_ALL_OK
 
 
-class dask_client:  # noqa: N801 - used as a context manager like a function
+class dask_client:
     """A ``distributed.Client`` for ``--scheduler`` / ``--cluster-workers``, or none."""
 
     def __init__(self, args: argparse.Namespace, options: RunOptions) -> None:

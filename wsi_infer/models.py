@@ -111,7 +111,6 @@ def parse_card(data: object, path: Path) -> ModelCard:
         for i, c in enumerate(out["classes"])
     )
     activation = out["activation"]
-    default_range = (float("-inf"), float("inf")) if activation == "none" else (0.0, 1.0)
     return ModelCard(
         name=data["name"],
         version=data["version"],
@@ -133,7 +132,7 @@ def parse_card(data: object, path: Path) -> ModelCard:
         receptive_margin=int(data["receptive_margin"]),
         classes=classes,
         activation=activation,
-        output_range=tuple(out.get("range", default_range)),  # type: ignore[arg-type]
+        output_range=tuple(out.get("range", (0.0, 1.0))),  # type: ignore[arg-type]
         license=data.get("license", "unknown"),
         citation=data.get("citation", ""),
         path=path,

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 import logging
-
 import os
 import time
 from collections.abc import Callable
@@ -27,7 +25,7 @@ import zarr
 from dask.callbacks import Callback
 
 from .backends import BackendName, create_backend
-from .errors import Cancelled, MissingMppError, WsiInferError
+from .errors import Cancelled, MissingMppError, SlideError
 from .models import DEFAULT_MODEL, ModelCard, load_card, resolve_model
 from .output import (
     STATUS_COMPLETE,
@@ -175,11 +173,13 @@ def run_slide(
         if previous is not None and previous.get("run_key") == key and previous["status"] == STATUS_COMPLETE:
             log.info("%s: already complete in %s, skipped", slide_path, out)
             return RunSummary(str(slide_path), str(out), 0, 0, 0, 0, 0.0, STATUS_SKIPPED)
-        # Load the model before writing anything: a bad model or device must not leave output.
-        _cached_predictor(str(card.path), options.backend, options.device, options.threads, options.fp16)
+        # Load and try the model before writing anything: a bad model or device leaves no output.
+        _probe_model(_cached_predictor(str(card.path), options.backend, options.device,
+                                       options.threads, options.fp16), geometry)
         t0 = time.perf_counter()
         tissue = detect_tissue(slide, mpp) if options.tissue_mask else None
         timings["tissue_s"] = time.perf_counter() - t0
+        _warn_about_tissue(slide_path, tissue)
         job = ChunkJob(
             slide_path=str(slide_path), reader=options.reader, plan=plan, geometry=geometry,
             card_path=str(card.path), backend=options.backend, device=options.device,
@@ -260,10 +260,32 @@ def existing_run(out: Path) -> dict[str, Any] | None:
     return dict(info) if isinstance(info, dict) and "status" in info else None
 
 
+#: No scanner makes slides wider or taller than this (a 2.5 m slide at 0.25 µm/px).
+MAX_SLIDE_SIDE = 10_000_000
+
+
 def _check_dimensions(slide: SlideReader) -> None:
     width, height = slide.dimensions
-    if width <= 0 or height <= 0 or width > 10_000_000 or height > 10_000_000:
-        raise WsiInferError(f"{slide.path}: implausible slide dimensions {width}x{height}")
+    if width <= 0 or height <= 0 or width > MAX_SLIDE_SIDE or height > MAX_SLIDE_SIDE:
+        raise SlideError(f"{slide.path}: implausible slide dimensions {width}x{height} px")
+
+
+def _probe_model(predictor: Predictor, geometry: Geometry) -> None:
+    """Run the model once on a blank tile: a model whose output does not match its card (shape,
+    range, NaN) fails here, before any output is written."""
+    blank = np.full((1, geometry.y.tile, geometry.x.tile, 3), 255.0, np.float32)
+    predictor.predict(blank)
+
+
+def _warn_about_tissue(slide_path: Path, tissue: TissueMask | None) -> None:
+    if tissue is None:
+        return
+    if not tissue.mask.any():
+        log.warning("%s: no tissue found; the overlay will be empty (use --no-tissue-mask to run "
+                    "everywhere)", slide_path)
+    if tissue.modality == "fluorescence":
+        log.warning("%s: looks like a fluorescence slide (dark background); brightfield models "
+                    "may give meaningless results on it", slide_path)
 
 
 def _mark_failed(writer: OverlayWriter, exc: BaseException) -> None:

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-
 import numpy as np
 
 from .models import ClassInfo, resolve_model

@@ -10,6 +10,7 @@ import openslide
 
 from ..errors import SlideNotFoundError, SlideOpenError
 from .base import Mpp, SlideInfo, SlideReader, parse_mpp
+from .integrity import check_tiff_integrity, is_tiff
 from .openslide_reader import OpenSlideReader
 from .tifffile_reader import TiffFileReader
 
@@ -27,6 +28,8 @@ def open_slide(path: str | os.PathLike[str], reader: ReaderName = "auto") -> Sli
     """
     path = Path(path)
     _check_file(path)
+    if is_tiff(path):
+        check_tiff_integrity(path)
     if reader != "auto":
         if reader not in READERS:
             raise SlideOpenError(f"{path}: unknown reader {reader!r}; choose from {sorted(READERS)}")

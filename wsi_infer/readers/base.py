@@ -83,7 +83,7 @@ class SlideReader(abc.ABC):
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """Read an RGB region of ``level`` at level coordinates ``(x, y)``."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release file handles."""
 
     @property
