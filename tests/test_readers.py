@@ -24,14 +24,14 @@ def test_generic_tiff_both_readers(tiff_slide: tuple[Path, np.ndarray], reader: 
         np.testing.assert_array_equal(region, rgb[200:350, 100:400])  # lossless: exact
 
 
-def test_auto_prefers_tifffile_for_generic_and_openslide_for_svs(
+def test_auto_reads_tiff_layouts_with_tifffile(
     tiff_slide: tuple[Path, np.ndarray], svs_slide: tuple[Path, np.ndarray]
 ) -> None:
     with open_slide(tiff_slide[0]) as slide:
         assert slide.name == "tifffile"
         assert slide.mpp is not None and slide.mpp.source.startswith("TIFF XResolution")
     with open_slide(svs_slide[0]) as slide:
-        assert slide.name == "openslide" and slide.vendor == "aperio"
+        assert slide.name == "tifffile" and slide.vendor == "aperio"
         assert slide.mpp is not None and slide.mpp.x == pytest.approx(0.5)
 
 
@@ -84,6 +84,21 @@ def test_real_slides_open(name: str, vendor: str, size: tuple[int, int], mpp: fl
         w, h = slide.level_dimensions[-1]
         region = slide.read_region(len(slide.level_dimensions) - 1, 0, 0, min(w, 64), min(h, 64))
         assert region.dtype == np.uint8 and region.shape == (min(h, 64), min(w, 64), 3)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "test3-DAPI-2-387.ndpi"])
+def test_real_tiff_slides_read_identically_with_both_readers(name: str) -> None:
+    path = shared_slide(name)
+    with open_slide(path, "openslide") as a, open_slide(path, "tifffile") as b:
+        assert a.vendor == b.vendor
+        assert a.mpp is not None and b.mpp is not None and abs(a.mpp.x - b.mpp.x) < 1e-6
+        for level in range(min(len(a.level_dimensions), len(b.level_dimensions))):
+            assert a.level_dimensions[level] == b.level_dimensions[level]
+            w, h = a.level_dimensions[level]
+            np.testing.assert_array_equal(a.read_region(level, 0, 0, w, h), b.read_region(level, 0, 0, w, h))
+    with open_slide(path) as auto:
+        assert auto.name == "tifffile"
 
 
 @pytest.mark.realdata

@@ -59,6 +59,8 @@ class TiffFileReader(SlideReader):
             return "ome-tiff"
         if self._tif.is_svs:
             return "aperio"
+        if self._tif.is_ndpi:
+            return "hamamatsu"
         return "generic-tiff"
 
     @property
