@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__
 from .backends import BACKENDS, available_devices
 from .errors import WsiInferError
-from .models import DEFAULT_MODEL, builtin_models, load_card
+from .models import DEFAULT_MODEL, BareModel, builtin_models, load_card
 from .output import OutputDtype
 from .pipeline import RunOptions, run_slide, summary_dict
 from .readers import READERS, open_slide
@@ -109,6 +109,21 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=positive_int, default=2, help="Dask threads reading and "
                    "stitching chunks (default: 2)")
     g.add_argument("--fp16", action="store_true", help="half precision (torch on cuda/mps)")
+    b = parser.add_argument_group("bare model files (--model model.onnx / model.pt): what a card "
+                                  "would say")
+    b.add_argument("--model-mpp", type=float, default=None, help="µm/px the model was trained at "
+                   "(required for a bare model)")
+    b.add_argument("--classes", default=None, help="comma-separated output class names")
+    b.add_argument("--activation", choices=["none", "sigmoid", "softmax"], default="none",
+                   help="applied to the raw output (default: none = already probabilities)")
+    b.add_argument("--layout", choices=["NCHW", "NHWC"], default=None,
+                   help="input layout (default: read from the ONNX graph)")
+    b.add_argument("--scale", type=float, default=1 / 255, help="input = (pixel * scale - mean) / "
+                   "std (default scale: 1/255)")
+    b.add_argument("--mean", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("R", "G", "B"))
+    b.add_argument("--std", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("R", "G", "B"))
+    b.add_argument("--receptive-margin", type=int, default=16, help="context pixels the model "
+                   "needs on each side (default: 16)")
     s = parser.add_argument_group("slide")
     s.add_argument("--mpp", type=float, default=None, help="slide microns per pixel at level 0; "
                    "overrides the metadata (needed when the slide has none)")
@@ -143,8 +158,14 @@ def positive_int(text: str) -> int:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     dtype: OutputDtype = args.dtype
+    bare = BareModel(
+        mpp=args.model_mpp, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes
+        else None, activation=args.activation, layout=args.layout, scale=args.scale,
+        mean=tuple(args.mean), std=tuple(args.std), receptive_margin=args.receptive_margin,
+        tile_size=args.tile_size or 512,
+    )
     return RunOptions(
-        model=args.model, backend=args.backend, device=args.device, batch_size=args.batch_size,
+        model=args.model, bare_model=bare, backend=args.backend, device=args.device, batch_size=args.batch_size,
         threads=args.threads, fp16=args.fp16, mpp=args.mpp, reader=args.reader,
         tissue_mask=args.tissue_mask, tile_size=args.tile_size, halo=args.halo,
         chunk_size=args.chunk_size, dtype=dtype, workers=args.workers, overwrite=args.overwrite,

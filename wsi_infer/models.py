@@ -169,20 +169,97 @@ def builtin_models() -> dict[str, Path]:
     return {p.parent.name: p for p in sorted(BUILTIN_MODELS_DIR.glob("*/card.json"))}
 
 
-def resolve_model(spec: str) -> ModelCard:
-    """A built-in model name or a path to a card."""
+@dataclass(frozen=True)
+class BareModel:
+    """What a card would say about a bare model file (``--model model.onnx`` and flags).
+
+    Layout, fixed input size and the number of classes are read from the ONNX graph; the rest
+    comes from here.
+    """
+
+    mpp: float | None = None
+    classes: tuple[str, ...] | None = None
+    activation: Activation = "none"
+    layout: Literal["NCHW", "NHWC"] | None = None
+    scale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    receptive_margin: int = 16
+    tile_size: int = 512
+
+
+BARE_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
+
+
+def resolve_model(spec: str, bare: BareModel | None = None) -> ModelCard:
+    """A built-in model name, a path to a card, or a bare ``.onnx``/TorchScript file (then
+    ``bare`` says what the card would)."""
     builtin = builtin_models()
     if spec in builtin:
         return load_card(builtin[spec])
     path = Path(spec)
     if path.is_dir():
         path = path / "card.json"
+    if path.suffix.lower() in BARE_SUFFIXES:
+        return card_for_bare_model(path, bare or BareModel())
     if path.suffix == ".json" or path.exists():
         return load_card(path)
     raise ModelError(
         f"unknown model {spec!r}: not a built-in model ({', '.join(builtin) or 'none installed'})"
         " and not a card file"
     )
+
+
+def card_for_bare_model(path: Path, bare: BareModel) -> ModelCard:
+    """Build (and validate) a card for a bare model file; its sha256 is taken from the file."""
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    fmt: WeightsFormat = BARE_SUFFIXES[path.suffix.lower()]  # type: ignore[assignment]
+    if bare.mpp is None:
+        raise ModelError(f"{path}: a bare model needs the mpp it was trained at: pass --model-mpp")
+    layout, size, classes = (_inspect_onnx(path) if fmt == "onnx"
+                             else (bare.layout or "NCHW", None, len(bare.classes or ("class",))))
+    layout = bare.layout or layout
+    names = bare.classes or tuple(f"class{i}" for i in range(classes))
+    if len(names) != classes:
+        raise ModelError(f"{path}: the model has {classes} output channels but --classes names "
+                         f"{len(names)}: {', '.join(names)}")
+    data = {
+        "schema_version": 1, "name": path.stem.replace(" ", "_")[:64] or "model", "version": "unversioned",
+        "task": "segmentation", "description": f"bare model file {path.name}",
+        "weights": [{"format": fmt, "file": path.name, "sha256": sha256_of(path)}],
+        "input": {"layout": layout, "channel_order": "RGB", "size": list(size) if size else None,
+                  "size_multiple": 1, "tile_size": bare.tile_size, "scale": bare.scale,
+                  "mean": list(bare.mean), "std": list(bare.std)},
+        "mpp": bare.mpp, "receptive_margin": bare.receptive_margin,
+        "output": {"classes": [{"name": n} for n in names], "activation": bare.activation, "stride": 1},
+        "license": "unknown",
+    }
+    return parse_card(data, path.parent / f"{path.name}.card.json")
+
+
+def _inspect_onnx(path: Path) -> tuple[str, tuple[int, int] | None, int]:
+    """Layout, fixed input size (or None) and output channel count of an ONNX model."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types
+        raise ModelError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
+    shape = session.get_inputs()[0].shape
+    out = session.get_outputs()[0].shape
+    if len(shape) != 4 or len(out) != 4:
+        raise ModelError(f"{path}: expected a 4-D image input and output, got {shape} -> {out}")
+    if shape[1] == 3:
+        layout, (h, w), channels = "NCHW", shape[2:], out[1]
+    elif shape[3] == 3:
+        layout, (h, w), channels = "NHWC", shape[1:3], out[3]
+    else:
+        raise ModelError(f"{path}: cannot tell the channel axis of input shape {shape}; pass --layout")
+    size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+    if not isinstance(channels, int):
+        raise ModelError(f"{path}: the output channel count is not fixed in the graph ({out})")
+    return layout, size, channels
 
 
 def sha256_of(path: Path) -> str:

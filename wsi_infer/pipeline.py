@@ -26,7 +26,7 @@ from dask.callbacks import Callback
 
 from .backends import BackendName, create_backend
 from .errors import Cancelled, MissingMppError, SlideError
-from .models import DEFAULT_MODEL, ModelCard, load_card, resolve_model
+from .models import DEFAULT_MODEL, BareModel, ModelCard, resolve_model
 from .output import (
     STATUS_COMPLETE,
     STATUS_FAILED,
@@ -57,6 +57,7 @@ class RunOptions:
     """Everything that shapes a run besides the slide and the output path."""
 
     model: str = DEFAULT_MODEL
+    bare_model: BareModel | None = None  # what a card would say, for a bare .onnx / .pt file
     backend: BackendName = "onnxruntime"
     device: str = "cpu"
     batch_size: int = 8
@@ -100,7 +101,7 @@ class ChunkJob:
     reader: ReaderName
     plan: LevelPlan
     geometry: Geometry
-    card_path: str
+    card: ModelCard
     backend: BackendName
     device: str
     threads: int | None
@@ -159,7 +160,7 @@ def run_slide(
     """
     started = time.perf_counter()
     slide_path = Path(slide_path)
-    card = resolve_model(options.model)
+    card = resolve_model(options.model, options.bare_model)
     out = Path(output) if output is not None else default_output(slide_path, card.name)
     timings: dict[str, float] = {}
     with open_slide(slide_path, options.reader) as slide:
@@ -174,7 +175,7 @@ def run_slide(
             log.info("%s: already complete in %s, skipped", slide_path, out)
             return RunSummary(str(slide_path), str(out), 0, 0, 0, 0, 0.0, STATUS_SKIPPED)
         # Load and try the model before writing anything: a bad model or device leaves no output.
-        _probe_model(_cached_predictor(str(card.path), options.backend, options.device,
+        _probe_model(_cached_predictor(card, options.backend, options.device,
                                        options.threads, options.fp16), geometry)
         t0 = time.perf_counter()
         tissue = detect_tissue(slide, mpp) if options.tissue_mask else None
@@ -182,7 +183,7 @@ def run_slide(
         _warn_about_tissue(slide_path, tissue)
         job = ChunkJob(
             slide_path=str(slide_path), reader=options.reader, plan=plan, geometry=geometry,
-            card_path=str(card.path), backend=options.backend, device=options.device,
+            card=card, backend=options.backend, device=options.device,
             threads=options.threads, fp16=options.fp16, batch_size=options.batch_size,
             tissue=tissue, output_path=str(out), dtype=options.dtype,
         )
@@ -297,7 +298,7 @@ def _mark_failed(writer: OverlayWriter, exc: BaseException) -> None:
 
 def _provenance(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan, geometry: Geometry,
                 options: RunOptions, tissue: TissueMask | None) -> dict[str, Any]:
-    predictor = _cached_predictor(str(card.path), options.backend, options.device, options.threads,
+    predictor = _cached_predictor(card, options.backend, options.device, options.threads,
                                   options.fp16)
     return {
         "software": software(),
@@ -374,7 +375,7 @@ def _stoppable(should_stop: Callable[[], bool]) -> Callable[[ChunkJob, int, int]
 def process_chunk(job: ChunkJob, cy: int, cx: int) -> tuple[int, int]:
     """Compute chunk ``(cy, cx)`` and store it; returns (tiles run, tiles skipped)."""
     slide = _cached_slide(job.slide_path, job.reader)
-    predictor = _cached_predictor(job.card_path, job.backend, job.device, job.threads, job.fp16)
+    predictor = _cached_predictor(job.card, job.backend, job.device, job.threads, job.fp16)
     plan = job.plan
 
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -417,9 +418,8 @@ def _cached_slide(path: str, reader: ReaderName) -> SlideReader:
 
 
 @lru_cache(maxsize=4)
-def _cached_predictor(card_path: str, backend: BackendName, device: str, threads: int | None,
+def _cached_predictor(card: ModelCard, backend: BackendName, device: str, threads: int | None,
                       fp16: bool) -> Predictor:
-    card = load_card(card_path)
     return Predictor(card, create_backend(card, backend, device, threads=threads, fp16=fp16))
 
 

@@ -47,14 +47,14 @@ def predict_region(slide_path: str | os.PathLike[str], x: int, y: int, width: in
                    options: RunOptions = RunOptions()) -> RegionPrediction:
     """Predict the level-0 region ``(x, y, width, height)`` of a slide."""
     started = time.perf_counter()
-    card = resolve_model(options.model)
+    card = resolve_model(options.model, options.bare_model)
     slide = _cached_slide(str(slide_path), options.reader)
     mpp = resolve_mpp(slide, options.mpp)
     plan = plan_level(slide, mpp, card.mpp)
     geometry = geometry_for(card, plan.height, plan.width, tile_size=options.tile_size,
                             halo=options.halo, chunk_size=options.chunk_size)
     ox0, oy0, ox1, oy1 = output_rectangle(plan, mpp, x, y, width, height)
-    predictor = _cached_predictor(str(card.path), options.backend, options.device,
+    predictor = _cached_predictor(card, options.backend, options.device,
                                   options.threads, options.fp16)
     tissue = _cached_tissue(str(slide_path), options.reader, mpp) if options.tissue_mask else None
 

@@ -1,0 +1,105 @@
+"""Model cards, bare model files, and the real third-party ONNX model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import SHARED, shared_slide, tissue_image, write_pyramid
+from modelzoo import red_channel_onnx, write_card
+
+from wsi_infer.errors import ChecksumError, ModelError
+from wsi_infer.models import BareModel, load_card, resolve_model
+from wsi_infer.pipeline import RunOptions, run_slide
+
+
+def test_card_errors_name_the_field(tmp_path: Path) -> None:
+    red_channel_onnx(tmp_path / "red.onnx")
+    path = write_card(tmp_path, "red", {"onnx": "red.onnx"}, mpp=0.5, margin=0, classes=["red"])
+    card = json.loads(path.read_text())
+    for mutate, field in [
+        (lambda c: c.update(mpp=-1), "mpp"),
+        (lambda c: c["output"].update(activation="relu"), "output.activation"),
+        (lambda c: c["weights"][0].update(sha256="xyz"), "weights.0.sha256"),
+        (lambda c: c["input"].pop("mean"), "input"),
+        (lambda c: c.update(extra=1), "(top level)"),
+    ]:
+        broken = json.loads(json.dumps(card))
+        mutate(broken)
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ModelError, match=r"red\.json: invalid model card: field " + re.escape(field)):
+            load_card(path)
+    path.write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_card(path)
+    card["weights"][0]["file"] = "../outside.onnx"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="outside the card's folder"):
+        load_card(path)
+
+
+def test_checksum_is_verified_before_loading(tmp_path: Path) -> None:
+    from wsi_infer.models import verified_weights
+
+    red_channel_onnx(tmp_path / "red.onnx")
+    card = load_card(write_card(tmp_path, "red", {"onnx": "red.onnx"}, mpp=0.5, margin=0, classes=["r"]))
+    assert verified_weights(card, "onnx") == (tmp_path / "red.onnx").resolve()
+    red_channel_onnx(tmp_path / "red.onnx", layout="NHWC")  # replaced after the card was written
+    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+        verified_weights(card, "onnx")
+    with pytest.raises(ModelError, match="has no torchscript weights"):
+        card.weights_for("torchscript")
+
+
+def test_bare_nhwc_fixed_size_onnx_reads_its_layout_and_size(tmp_path: Path) -> None:
+    model = red_channel_onnx(tmp_path / "red_nhwc.onnx", layout="NHWC", size=64)
+    card = resolve_model(str(model), BareModel(mpp=0.5, classes=("red",)))
+    assert card.input.layout == "NHWC" and card.input.size == (64, 64)
+    rgb = tissue_image(300, 410)
+    slide = write_pyramid(tmp_path / "s.tif", rgb, mpp=0.5)
+    run_slide(slide, tmp_path / "o.zarr", RunOptions(model=str(model), tissue_mask=False,
+                                                     bare_model=BareModel(mpp=0.5, classes=("red",))))
+    out = np.asarray(zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["0"][0])
+    np.testing.assert_array_equal(out, rgb[..., 0])  # blended identical tiles: exact
+
+
+def test_bare_model_needs_mpp_and_matching_classes(tmp_path: Path) -> None:
+    model = red_channel_onnx(tmp_path / "red.onnx")
+    with pytest.raises(ModelError, match="--model-mpp"):
+        resolve_model(str(model), BareModel())
+    with pytest.raises(ModelError, match="1 output channels but --classes names 2"):
+        resolve_model(str(model), BareModel(mpp=1.0, classes=("a", "b")))
+
+
+@pytest.mark.realdata
+def test_real_third_party_unet_nhwc_sigmoid(tmp_path: Path) -> None:
+    source = SHARED / "models" / "best_unet.onnx"
+    if not source.exists():
+        pytest.skip("best_unet.onnx not present")
+    slide = shared_slide("CMU-1-Small-Region.svs")
+    model = tmp_path / "best_unet.onnx"
+    shutil.copy(source, model)
+    bare = BareModel(mpp=8.0, classes=("tissue",), activation="none")
+    card = resolve_model(str(model), bare)
+    assert card.input.layout == "NHWC" and card.input.size == (500, 500)
+    out = tmp_path / "o.zarr"
+    run_slide(slide, out, RunOptions(model=str(model), bare_model=bare, tissue_mask=False))
+    group = zarr.open_group(str(out), mode="r")
+    probability = np.asarray(group["0"][0]) / 255
+    from wsi_infer.readers import open_slide
+    from wsi_infer.resolution import plan_level, read_target
+    from wsi_infer.tissue import tissue_from_rgb
+
+    with open_slide(slide) as s:
+        plan = plan_level(s, s.mpp, 8.0)  # type: ignore[arg-type]
+        reference, _ = tissue_from_rgb(read_target(s, plan, 0, 0, plan.width, plan.height), mpp=8.0,
+                                       margin_um=0)
+    predicted = probability > 0.6  # upstream's threshold
+    dice = 2 * (predicted & reference).sum() / (predicted.sum() + reference.sum())
+    print(f"best_unet vs wsi-infer tissue detection on CMU-1-Small-Region: Dice {dice:.3f}")
+    assert dice > 0.8
