@@ -101,6 +101,10 @@ def resample_matrix(start: int, stop: int, factor: float, src_len: int) -> tuple
     return src0, matrix
 
 
+#: Integer factors up to this use exact integer arithmetic (int32 cannot overflow below it).
+MAX_INTEGER_FACTOR = 16
+
+
 def read_target(slide: SlideReader, plan: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     """Read target-resolution pixels ``[y0, y1) × [x0, x1)`` as ``float32`` RGB in 0..255."""
     if not plan.resampled:
@@ -108,51 +112,59 @@ def read_target(slide: SlideReader, plan: LevelPlan, x0: int, y0: int, x1: int, 
     sy, wy = resample_matrix(y0, y1, plan.factor_y, plan.level_height)
     sx, wx = resample_matrix(x0, x1, plan.factor_x, plan.level_width)
     src = slide.read_region(plan.level, sx, sy, wx.shape[1], wy.shape[1])
-    rows = _resample_axis(src, 0, sy, y0, y1, plan.factor_y, plan.level_height, wy)
-    return _resample_axis(rows, 1, sx, x0, x1, plan.factor_x, plan.level_width, wx)
+    if all(f == int(f) and f <= MAX_INTEGER_FACTOR for f in (plan.factor_x, plan.factor_y)):
+        rows, ty = _integer_resample(src, 0, sy, y0, y1, int(plan.factor_y), plan.level_height)
+        both, tx = _integer_resample(rows, 1, sx, x0, x1, int(plan.factor_x), plan.level_width)
+        return both.astype(np.float32) * np.float32(1.0 / (ty * tx))
+    rows = _sparse_resample(src.astype(np.float32), 0, wy)
+    return _sparse_resample(rows, 1, wx)
 
 
-def _resample_axis(src: np.ndarray, axis: int, src0: int, start: int, stop: int, factor: float,
-                   src_len: int, matrix: sp.csr_matrix) -> np.ndarray:
-    """Resample ``src`` (covering level pixels from ``src0``) along ``axis``.
-
-    Integer factors (the usual 2× and 4× between pyramid levels and model mpps) use the same
-    few weights for every output pixel: a strided sum, several times faster than the sparse
-    product used for other factors.  Both are exact functions of global coordinates.
-    """
-    if factor == int(factor):
-        return _resample_axis_integer(src, axis, src0, start, stop, int(factor), src_len)
-    moved = np.moveaxis(src, axis, 0).astype(np.float32)
-    n = moved.shape[0]
-    out = matrix @ moved.reshape(n, -1)
-    return np.moveaxis(out.reshape(stop - start, *moved.shape[1:]), 0, axis).astype(np.float32, copy=False)
+def _sparse_resample(src: np.ndarray, axis: int, matrix: sp.csr_matrix) -> np.ndarray:
+    """Apply a resampling matrix along ``axis``."""
+    moved = np.moveaxis(src, axis, 0)
+    out = matrix @ moved.reshape(moved.shape[0], -1)
+    return np.moveaxis(out.reshape(matrix.shape[0], *moved.shape[1:]), 0, axis).astype(np.float32, copy=False)
 
 
-def _resample_axis_integer(src: np.ndarray, axis: int, src0: int, start: int, stop: int,
-                           factor: int, src_len: int) -> np.ndarray:
-    radius = float(max(factor, 1))
-    centre = (start + 0.5) * factor - 0.5
-    lo = math.floor(centre - radius) + 1
-    taps = int(math.ceil(2 * radius)) + 1
-    weights = np.clip(1.0 - np.abs(lo + np.arange(taps) - centre) / radius, 0.0, None)
-    weights /= weights.sum()
+def _integer_weights(factor: int) -> np.ndarray:
+    """The triangle weights of an integer factor, as small integers."""
+    if factor % 2 == 0:  # taps at distances 0.5, 1.5 ... factor - 0.5 from the centre
+        half = np.arange(1, 2 * factor, 2)
+        return np.concatenate([half, half[::-1]])
+    half = np.arange(1, factor + 1)  # taps at distances factor - 1 ... 1, 0
+    return np.concatenate([half, half[-2::-1]])
+
+
+def _integer_resample(src: np.ndarray, axis: int, src0: int, start: int, stop: int, factor: int,
+                      src_len: int) -> tuple[np.ndarray, int]:
+    """Integer factors (the usual 2× and 4× between pyramid levels and model mpps) use the same
+    integer weights for every output pixel: a strided sum in exact int32 arithmetic, several
+    times faster than a sparse product.  Returns the sum and the weight total to divide by."""
+    weights = _integer_weights(factor)
     n = stop - start
-    first, last = lo, lo + factor * (n - 1) + taps  # source pixels [first, last)
-    if first >= 0 and last <= src_len and last - src0 <= src.shape[axis]:
+    # output t is centred on source (t + 0.5) * factor - 0.5; its first tap lies (taps - 1) / 2 before
+    first = round((start + 0.5) * factor - 0.5 - (weights.size - 1) / 2)
+    last = first + factor * (n - 1) + weights.size  # source pixels [first, last)
+    if 0 <= first and last <= src_len and first >= src0 and last - src0 <= src.shape[axis]:
         window = [slice(None)] * src.ndim
         window[axis] = slice(first - src0, last - src0)
-        gathered = src[tuple(window)]  # a view: no copy in the interior of the slide
+        gathered = src[tuple(window)]  # a view: no copy inside the slide
     else:  # at the slide border, replicate the edge pixels
         index = np.clip(np.arange(first, last), 0, src_len - 1) - src0
         gathered = np.take(src, index, axis=axis)
-    out: np.ndarray | None = None
-    for k in np.flatnonzero(weights):
+    shape = list(gathered.shape)
+    shape[axis] = n
+    out = np.zeros(shape, np.int32)
+    for k, weight in enumerate(weights):
         taken = [slice(None)] * src.ndim
         taken[axis] = slice(k, k + factor * (n - 1) + 1, factor)
-        term = gathered[tuple(taken)] * np.float32(weights[k])
-        out = term if out is None else np.add(out, term, out=out)
-    assert out is not None
-    return out
+        part = gathered[tuple(taken)]
+        if weight == 1:
+            out += part
+        else:
+            out += part * np.int32(weight)
+    return out, int(weights.sum())
 
 
 def lazy_target_image(slide: SlideReader, plan: LevelPlan, chunk: int = 1024) -> da.Array:
