@@ -37,7 +37,7 @@ def _peak_rss_mb() -> float:
 
 def _plan(slide_path: str, options):  # type: ignore[no-untyped-def]
     from wsi_infer.models import resolve_model
-    from wsi_infer.pipeline import ChunkJob, _chunk_has_tissue, _tiles_in_chunk
+    from wsi_infer.pipeline import ChunkJob, _chunk_has_tissue
     from wsi_infer.readers import open_slide
     from wsi_infer.resolution import plan_level
     from wsi_infer.tiling import geometry_for
@@ -52,7 +52,21 @@ def _plan(slide_path: str, options):  # type: ignore[no-untyped-def]
     job = ChunkJob(slide_path, "auto", plan, geometry, card, options.backend, options.device,
                    options.threads, False, options.batch_size, tissue, "", "uint8")
     chunks = [c for c in geometry.chunks() if _chunk_has_tissue(job, *c)]
-    return card, slide, plan, geometry, job, chunks, sum(_tiles_in_chunk(geometry, *c) for c in chunks)
+    return card, slide, plan, geometry, job, chunks, _tiles_with_tissue(geometry, plan, tissue, chunks)
+
+
+def _tiles_with_tissue(geometry, plan, tissue, chunks) -> int:  # type: ignore[no-untyped-def]
+    """The tiles the pipeline runs: those of tissue chunks whose footprint holds tissue."""
+    from wsi_infer.stitching import _Tile, _tile_footprint
+
+    count = 0
+    for cy, cx in chunks:
+        y0, y1, x0, x1 = geometry.chunk_region(cy, cx)
+        for iy in geometry.tiles_touching(geometry.y, y0, y1):
+            for ix in geometry.tiles_touching(geometry.x, x0, x1):
+                ty0, ty1, tx0, tx1 = _tile_footprint(geometry, _Tile(iy, ix, geometry.y.start(iy), geometry.x.start(ix)))
+                count += tissue.any_in(tx0 * plan.mpp_x, ty0 * plan.mpp_y, tx1 * plan.mpp_x, ty1 * plan.mpp_y)
+    return count
 
 
 def phase_read(args: argparse.Namespace) -> dict[str, float]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import tissue_image, write_pyramid
+from slides import tissue_image, write_pyramid
 from modelzoo import conv_onnx, red_channel_onnx, write_card
 
 EXE = str(Path(sys.executable).parent / "wsi-infer")

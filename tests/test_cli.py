@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import tissue_image, write_pyramid
+from slides import tissue_image, write_pyramid
 from modelzoo import red_channel_onnx, write_card
 
 EXE = str(Path(sys.executable).parent / "wsi-infer")

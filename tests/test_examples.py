@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tissue_image, write_pyramid
+from slides import tissue_image, write_pyramid
 from modelzoo import red_channel_onnx, write_card
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

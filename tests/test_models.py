@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import SHARED, shared_slide, tissue_image, write_pyramid
+from slides import SHARED, shared_slide, tissue_image, write_pyramid
 from modelzoo import red_channel_onnx, write_card
 
 from wsi_infer.errors import ChecksumError, ModelError

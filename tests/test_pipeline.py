@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import tissue_image, write_pyramid
+from slides import tissue_image, write_pyramid
 from modelzoo import conv_onnx, red_channel_onnx, write_card
 
 from wsi_infer.errors import MissingMppError, OutputError

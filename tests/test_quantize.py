@@ -37,7 +37,7 @@ def test_quantize_writes_a_valid_int8_card_that_agrees_with_float(tmp_path: Path
 
 def test_quantize_needs_tissue(tmp_path: Path) -> None:
     import numpy as np
-    from conftest import write_pyramid
+    from slides import write_pyramid
 
     from wsi_infer.errors import ModelError
     from wsi_infer.quantize import quantize_model

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_SLIDES, shared_slide, write_pyramid
+from slides import SHARED_SLIDES, shared_slide, write_pyramid
 
 from wsi_infer.errors import SlideNotFoundError, SlideOpenError
 from wsi_infer.readers import open_slide

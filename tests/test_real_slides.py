@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import shared_slide
+from slides import shared_slide
 
 from wsi_infer.readers import open_slide
 from wsi_infer.tissue import detect_tissue

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_slide, tissue_image
+from slides import shared_slide, tissue_image
 
 from wsi_infer.readers import open_slide
 from wsi_infer.tissue import TissueMask, detect_tissue, tissue_from_rgb
