@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,8 +21,18 @@ from .errors import ChecksumError, ModelError
 
 WeightsFormat = Literal["onnx", "torchscript"]
 Activation = Literal["softmax", "sigmoid", "none"]
-#: Folder of built-in models: ``models/<name>/card.json`` in the source tree.
-BUILTIN_MODELS_DIR = Path(os.environ.get("WSI_INFER_MODELS", Path(__file__).resolve().parents[1] / "models"))
+def _builtin_models_dir() -> Path:
+    """``$WSI_INFER_MODELS``, else ``models/`` of the source tree, else the installed copy."""
+    if "WSI_INFER_MODELS" in os.environ:
+        return Path(os.environ["WSI_INFER_MODELS"])
+    source_tree = Path(__file__).resolve().parents[1] / "models"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sys.prefix) / "share" / "wsi-infer" / "models"
+
+
+#: Folder of built-in models: ``<dir>/<name>/card.json``.
+BUILTIN_MODELS_DIR = _builtin_models_dir()
 DEFAULT_MODEL = "tissue"
 
 
