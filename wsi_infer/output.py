@@ -222,14 +222,28 @@ def encode(probabilities: np.ndarray, dtype: OutputDtype) -> np.ndarray:
 
 
 def downsample2(level: da.Array, dtype: OutputDtype) -> da.Array:
-    """2×2 mean of a ``(c, y, x)`` array; an odd last row/column is averaged with itself."""
+    """2×2 mean of a ``(c, y, x)`` array; an odd last row/column is averaged with itself.
+
+    Strided sums (uint16 for uint8 data) run ~10× faster than reshape-and-mean in numpy.
+    """
     _, h, w = level.shape
     if h % 2 or w % 2:
         level = da.pad(level, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
-    mean = da.coarsen(np.mean, level.astype(np.float32), {1: 2, 2: 2})
-    if dtype == "uint8":
-        return da.rint(mean).astype(np.uint8)
-    return mean.astype(dtype)
+    step = max(2, level.chunksize[1] // 2 * 2), max(2, level.chunksize[2] // 2 * 2)
+    level = level.rechunk((1, step[0], step[1]))  # even block sizes: pairs never straddle blocks
+    halved = tuple(tuple(n // 2 for n in dim) for dim in level.chunks[1:])
+    return level.map_blocks(_mean2x2, dtype=np.dtype(dtype), chunks=(level.chunks[0], *halved))
+
+
+def _mean2x2(block: np.ndarray) -> np.ndarray:
+    wide = np.uint16 if block.dtype == np.uint8 else np.float32
+    a = block[:, 0::2, 0::2].astype(wide)
+    a += block[:, 1::2, 0::2]
+    a += block[:, 0::2, 1::2]
+    a += block[:, 1::2, 1::2]
+    if block.dtype == np.uint8:
+        return ((a + 2) // 4).astype(np.uint8)  # round half up
+    return (a * np.float32(0.25)).astype(block.dtype)
 
 
 def read_status(path: Path) -> str | None:
