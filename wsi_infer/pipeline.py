@@ -331,7 +331,10 @@ def _compute_chunks(job: ChunkJob, todo: list[tuple[int, int]], workers: int,
     reporting progress in tiles."""
     total = sum(_tiles_in_chunk(job.geometry, *c) for c in todo)
     task = process_chunk if should_stop is None or client is not None else _stoppable(should_stop)
-    tasks = [dask.delayed(task, pure=False)(job, cy, cx, dask_key_name=f"chunk-{cy}-{cx}-{job.output_path}")
+    # One graph node holds the job (tissue mask, plan...): tasks refer to it instead of each
+    # carrying a copy, so a cluster receives it once per worker, not once per chunk.
+    shared = dask.delayed(job, name=f"job-{job.output_path}")
+    tasks = [dask.delayed(task, pure=False)(shared, cy, cx, dask_key_name=f"chunk-{cy}-{cx}-{job.output_path}")
              for cy, cx in todo]
     done = [0]
 
