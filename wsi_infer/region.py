@@ -34,6 +34,7 @@ class RegionPrediction:
     mpp_y: float
     slide_mpp: Mpp
     classes: tuple[ClassInfo, ...]
+    model: str
     tiles_run: int
     seconds: float
 
@@ -69,7 +70,7 @@ def predict_region(slide_path: str | os.PathLike[str], x: int, y: int, width: in
                             batch_size=options.batch_size,
                             has_tissue=has_tissue if tissue is not None else None)
     return RegionPrediction(result.probabilities, ox0, oy0, plan.mpp_x, plan.mpp_y, mpp,
-                            card.classes, result.tiles_run, time.perf_counter() - started)
+                            card.classes, card.name, result.tiles_run, time.perf_counter() - started)
 
 
 def output_rectangle(plan: LevelPlan, mpp: Mpp, x: int, y: int, width: int,
