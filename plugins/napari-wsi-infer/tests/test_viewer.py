@@ -56,8 +56,10 @@ def test_slide_reader_gives_lazy_exact_multiscale(make_napari_viewer, slide_path
 
 
 @pytest.mark.realdata
-def test_real_slide_field_of_view(make_napari_viewer, qtbot, real_slide: Path,
+def test_real_slide_field_of_view(real_slide: Path, make_napari_viewer, qtbot,
                                   model: str) -> None:
+    # real_slide comes first: when it skips, napari's viewer fixture is never set up (its
+    # teardown fails on tests that skipped before their call phase)
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(real_slide), plugin=PLUGIN)
     assert layer.data.shape == (2967, 2220, 3)  # a single-level SVS
