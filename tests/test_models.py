@@ -103,3 +103,39 @@ def test_real_third_party_unet_nhwc_sigmoid(tmp_path: Path) -> None:
     dice = 2 * (predicted & reference).sum() / (predicted.sum() + reference.sum())
     print(f"best_unet vs wsi-infer tissue detection on CMU-1-Small-Region: Dice {dice:.3f}")
     assert dice > 0.8
+
+
+@pytest.mark.parametrize("name", ["tissue"])
+def test_builtin_model_same_on_both_backends(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    slide = write_pyramid(tmp_path / "s.tif", tissue_image(900, 1300), mpp=0.5)
+    outputs = []
+    for backend in ("onnxruntime", "torch"):
+        out = tmp_path / f"{backend}.zarr"
+        run_slide(slide, out, RunOptions(model=name, backend=backend, dtype="float32"))
+        outputs.append(np.asarray(zarr.open_group(str(out), mode="r")["0"][:]))
+    assert outputs[0].any()
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
+
+
+@pytest.mark.realdata
+def test_real_third_party_unet_agrees_with_builtin_tissue_model(tmp_path: Path) -> None:
+    source = SHARED / "models" / "best_unet.onnx"
+    if not source.exists():
+        pytest.skip("best_unet.onnx not present")
+    slide = shared_slide("CMU-1-Small-Region.svs")
+    model = tmp_path / "best_unet.onnx"
+    shutil.copy(source, model)
+    bare = BareModel(mpp=8.0, classes=("tissue",), activation="none")
+    run_slide(slide, tmp_path / "unet.zarr", RunOptions(model=str(model), bare_model=bare))
+    run_slide(slide, tmp_path / "builtin.zarr", RunOptions(model="tissue"))
+    unet = np.asarray(zarr.open_group(str(tmp_path / "unet.zarr"), mode="r")["0"][0]) > 0.6 * 255
+    builtin = np.asarray(zarr.open_group(str(tmp_path / "builtin.zarr"), mode="r")["0"][0]) > 127
+    # compare on the coarser (8 µm) grid: each 8 µm pixel covers 2×2 pixels at 4 µm
+    h, w = unet.shape
+    coarse = builtin[: 2 * h, : 2 * w]
+    coarse = np.pad(coarse, ((0, 2 * h - coarse.shape[0]), (0, 2 * w - coarse.shape[1])))
+    coarse = coarse.reshape(h, 2, w, 2).mean(axis=(1, 3)) >= 0.5
+    dice = 2 * (unet & coarse).sum() / (unet.sum() + coarse.sum())
+    print(f"best_unet (8 µm) vs built-in tissue model (4 µm) on CMU-1-Small-Region: Dice {dice:.3f}")
+    assert dice > 0.8
