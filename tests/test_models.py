@@ -105,7 +105,7 @@ def test_real_third_party_unet_nhwc_sigmoid(tmp_path: Path) -> None:
     assert dice > 0.8
 
 
-@pytest.mark.parametrize("name", ["tissue"])
+@pytest.mark.parametrize("name", ["tissue", "nuclei"])
 def test_builtin_model_same_on_both_backends(name: str, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     slide = write_pyramid(tmp_path / "s.tif", tissue_image(900, 1300), mpp=0.5)

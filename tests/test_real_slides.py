@@ -53,6 +53,29 @@ def test_default_model_on_real_slide(name: str, tmp_path: Path) -> None:
         assert (probability[mask] > 0.5).mean() > 0.7
 
 
+def test_nuclei_model_on_real_brightfield_slide(tmp_path: Path) -> None:
+    path = shared_slide("CMU-1-Small-Region.svs")
+    out = tmp_path / "nuclei.zarr"
+    result = subprocess.run([EXE, str(path), "--model", "nuclei", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["wsi_infer"]["status"] == "complete"
+    assert group["0"].shape == (1, 2967, 2220)  # 0.499 µm/px is within 2 % of 0.5: read as is
+    nuclei = np.asarray(group["0"][0]) > 127
+    assert 0.02 < nuclei.mean() < 0.4  # nuclei are a minority of the pixels, but present
+
+
+def test_full_resolution_model_refuses_a_far_coarser_slide(tmp_path: Path) -> None:
+    path = shared_slide("multi_frame_jpeg2000_camelyon_challenge_image.dcm")
+    out = tmp_path / "o.zarr"
+    result = subprocess.run([EXE, str(path), "--model", "nuclei", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "58x coarser" in result.stderr and "nuclei" in result.stderr
+    assert not out.exists()
+
+
 def test_slide_openslide_cannot_open_exits_2_without_output(tmp_path: Path) -> None:
     path = shared_slide("pathml_small_dicom.dcm")
     out = tmp_path / "out.zarr"

@@ -167,6 +167,7 @@ def run_slide(
         mpp = resolve_mpp(slide, options.mpp)
         _check_dimensions(slide)
         plan = plan_level(slide, mpp, card.mpp)
+        _check_upsampling(slide, mpp, card, plan)
         geometry = geometry_for(card, plan.height, plan.width, tile_size=options.tile_size,
                                 halo=options.halo, chunk_size=options.chunk_size)
         key = run_key(card, slide_fingerprint(slide_path), mpp, options)
@@ -269,6 +270,20 @@ def _check_dimensions(slide: SlideReader) -> None:
     width, height = slide.dimensions
     if width <= 0 or height <= 0 or width > MAX_SLIDE_SIDE or height > MAX_SLIDE_SIDE:
         raise SlideError(f"{slide.path}: implausible slide dimensions {width}x{height} px")
+
+
+#: A slide may be at most this many times coarser than the model's mpp (it is then upsampled).
+MAX_UPSAMPLING = 8.0
+
+
+def _check_upsampling(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan) -> None:
+    factor = 1 / min(plan.factor_x, plan.factor_y)
+    if factor > MAX_UPSAMPLING:
+        raise SlideError(
+            f"{slide.path}: the slide ({max(mpp.x, mpp.y):.3g} µm/px) is {factor:.0f}x coarser than "
+            f"model {card.name!r} needs ({card.mpp:g} µm/px); upsampling more than "
+            f"{MAX_UPSAMPLING:g}x would only invent detail. Use a model for this resolution, or "
+            "check the slide's mpp (--mpp)")
 
 
 def _probe_model(predictor: Predictor, geometry: Geometry) -> None:
