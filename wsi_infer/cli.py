@@ -21,9 +21,10 @@ from .models import DEFAULT_MODEL, BareModel, builtin_models, load_card
 from .output import OutputDtype
 from .pipeline import RunOptions, run_slide, summary_dict
 from .readers import READERS, open_slide
+from .serve import add_serve_parser, cmd_serve
 
 log = logging.getLogger("wsi_infer")
-COMMANDS = ("run", "batch", "info", "models", "devices", "demo", "quantize")
+COMMANDS = ("run", "batch", "info", "models", "devices", "demo", "quantize", "serve")
 
 EPILOG = """\
 commands:
@@ -36,6 +37,8 @@ commands:
   wsi-infer quantize MODEL --out DIR --calibrate SLIDE...
                                 int8 ONNX copy of a model, calibrated on real tiles
   wsi-infer demo                make the built-in demo slide and run the default model on it
+  wsi-infer serve --slides-root DIR
+                                HTTP service predicting slide regions, with auto-batching
 
 exit codes: 0 ok, 1 internal error, 2 bad slide (unreadable, no mpp...), 3 bad model,
 4 device/backend not available, 5 output problem, 6 batch finished but some slides failed,
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=None, help="output .zarr (default: in --dir)")
     add_run_options(demo)
     add_output_mode_options(demo)
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -397,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args, args.slide, args.out)
         return {"batch": cmd_batch, "info": cmd_info, "models": cmd_models, "devices": cmd_devices, "quantize": cmd_quantize,
-                "demo": cmd_demo}[args.command](args)
+                "demo": cmd_demo, "serve": cmd_serve}[args.command](args)
     except WsiInferError as exc:
         log.error("error: %s", exc)
         return exc.exit_code
