@@ -203,7 +203,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A slides root, a small convolution model, three services and the CLI's overlay."""
     base = tmp_path_factory.mktemp("serve")
     root = base / "slides"
@@ -221,7 +221,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "main": Server(root, card, "--max-batch", "16", "--max-wait-ms", "10",
                        "--max-region-pixels", "600000", token=TOKEN),
         "nowait": Server(root, card, "--max-batch", "16", "--max-wait-ms", "0"),
-        "tiny": Server(root, card, "--max-batch", "64", "--max-wait-ms", "400",
+        "tiny": Server(root, card, "--max-batch", "64", "--max-wait-ms", "1500",
                        "--max-queue", "3"),
     }
     overlay = base / "cli.zarr"
@@ -252,8 +252,8 @@ def batch_counts(metrics: dict[str, float]) -> tuple[float, float]:
             metrics["wsi_infer_batch_size_tiles_bucket{le=1.0,model=conv}"])
 
 
-def test_regions_equal_the_cli_overlay_under_concurrency(setup: dict[str, Any]) -> None:
-    server, reference = setup["servers"]["main"], setup["reference"]
+def test_regions_equal_the_cli_overlay_under_concurrency(env: dict[str, Any]) -> None:
+    server, reference = env["servers"]["main"], env["reference"]
     regions = [(0, 0, 1400, 400), (100, 100, 200, 150), (1337, 987, 63, 13), (5, 700, 640, 300),
                (-50, -20, 130, 90), (63, 65, 2, 2), (900, 0, 500, 1000)]
 
@@ -286,8 +286,8 @@ def test_regions_equal_the_cli_overlay_under_concurrency(setup: dict[str, Any]) 
 
 
 def test_concurrent_clients_share_batches_and_no_tile_waits_past_the_bound(
-        setup: dict[str, Any]) -> None:
-    server = setup["servers"]["main"]
+        env: dict[str, Any]) -> None:
+    server = env["servers"]["main"]
     before_total, before_single = batch_counts(server.metrics())
     waits: list[float] = []
 
@@ -306,14 +306,14 @@ def test_concurrent_clients_share_batches_and_no_tile_waits_past_the_bound(
     assert total - before_total < 16 * 8  # fewer model calls than requests...
     assert (total - before_total) - (single - before_single) > 0  # ...some batches held > 1 tile
     # Every client has at most one tile queued, so the queue never holds more than one batch:
-    # no tile waits longer than max-wait plus the batch computing when it arrived (plus 25 ms
+    # no tile waits longer than max-wait plus the batch computing when it arrived (plus 50 ms
     # for threads to be scheduled on a busy 2-core machine).
-    bound = 0.010 + metrics["wsi_infer_batch_compute_max_seconds{model=conv}"] + 0.025
+    bound = 0.010 + metrics["wsi_infer_batch_compute_max_seconds{model=conv}"] + 0.050
     assert len(waits) == 16 * 8 and max(waits) <= bound  # each answer's longest tile wait
 
 
-def test_one_client_with_max_wait_zero_runs_every_tile_alone(setup: dict[str, Any]) -> None:
-    server = setup["servers"]["nowait"]
+def test_one_client_with_max_wait_zero_runs_every_tile_alone(env: dict[str, Any]) -> None:
+    server = env["servers"]["nowait"]
     with httpx.Client() as c:
         for k in range(12):
             r = server.infer(c, **tile_region(k, k % 15))
@@ -322,8 +322,8 @@ def test_one_client_with_max_wait_zero_runs_every_tile_alone(setup: dict[str, An
     assert total >= 12 and total == single
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_recovers(setup: dict[str, Any]) -> None:
-    server = setup["servers"]["tiny"]  # queue of 3 tiles, batches wait up to 400 ms
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(env: dict[str, Any]) -> None:
+    server = env["servers"]["tiny"]  # queue of 3 tiles, batches wait up to 1.5 s
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda i: server.infer(**tile_region(i, 0)), range(8)))
     codes = sorted(r.status_code for r in answers)
@@ -334,11 +334,11 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(setup: dict[str,
     assert server.metrics()["wsi_infer_tiles_rejected_total{model=conv}"] >= 4
 
 
-def test_a_client_that_leaves_has_its_queued_tiles_dropped(setup: dict[str, Any]) -> None:
-    server = setup["servers"]["tiny"]
+def test_a_client_that_leaves_has_its_queued_tiles_dropped(env: dict[str, Any]) -> None:
+    server = env["servers"]["tiny"]
     dropped = server.metrics().get("wsi_infer_tiles_dropped_total{model=conv}", 0.0)
     with httpx.Client() as c, pytest.raises(httpx.ReadTimeout):
-        c.post(f"{server.url}/v1/infer", json=tile_region(3, 3), timeout=0.15)
+        c.post(f"{server.url}/v1/infer", json=tile_region(3, 3), timeout=0.5)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         metrics = server.metrics()
@@ -367,17 +367,17 @@ def test_a_client_that_leaves_has_its_queued_tiles_dropped(setup: dict[str, Any]
     ({"mpp": -1}, 422, "mpp"),
 ])
 def test_bad_requests_get_clear_4xx_and_the_service_keeps_serving(
-        setup: dict[str, Any], body: dict[str, Any], status: int, words: str) -> None:
-    server = setup["servers"]["main"]
+        env: dict[str, Any], body: dict[str, Any], status: int, words: str) -> None:
+    server = env["servers"]["main"]
     r = server.infer(**{**tile_region(1, 1), **body})
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
-    assert str(setup["root"]) not in r.text  # no server paths in answers
+    assert str(env["root"]) not in r.text  # no server paths in answers
     assert server.infer(**tile_region(2, 2)).status_code == 200
 
 
-def test_malformed_json_missing_fields_and_tokens(setup: dict[str, Any]) -> None:
-    server = setup["servers"]["main"]
+def test_malformed_json_missing_fields_and_tokens(env: dict[str, Any]) -> None:
+    server = env["servers"]["main"]
     url, auth = f"{server.url}/v1/infer", server.headers
     r = httpx.post(url, content=b'{"slide": "cases/a.tif", "x": 0,', headers={
         **auth, "Content-Type": "application/json"})
@@ -396,8 +396,8 @@ def test_malformed_json_missing_fields_and_tokens(setup: dict[str, Any]) -> None
     assert server.infer(**tile_region(0, 0)).status_code == 200
 
 
-def test_models_metrics_and_openapi(setup: dict[str, Any]) -> None:
-    server = setup["servers"]["main"]
+def test_models_metrics_and_openapi(env: dict[str, Any]) -> None:
+    server = env["servers"]["main"]
     models = httpx.get(f"{server.url}/v1/models", headers=server.headers).json()
     assert [m["name"] for m in models] == ["conv"]
     assert models[0]["classes"][1]["name"] == "b" and models[0]["mpp"] == 0.5
