@@ -76,15 +76,25 @@ def test_bare_model_needs_mpp_and_matching_classes(tmp_path: Path) -> None:
         resolve_model(str(model), BareModel(mpp=1.0, classes=("a", "b")))
 
 
-@pytest.mark.realdata
-def test_real_third_party_unet_nhwc_sigmoid(tmp_path: Path) -> None:
+#: What a card would say about the third-party U-Net (see ../shared/data/SOURCES.md).
+BEST_UNET = BareModel(mpp=8.0, classes=("tissue",), activation="none")
+
+
+@pytest.fixture
+def best_unet(tmp_path: Path) -> Path:
+    """A copy of ../shared/data/models/best_unet.onnx (skipped when absent)."""
     source = SHARED / "models" / "best_unet.onnx"
     if not source.exists():
         pytest.skip("best_unet.onnx not present")
-    slide = shared_slide("CMU-1-Small-Region.svs")
     model = tmp_path / "best_unet.onnx"
     shutil.copy(source, model)
-    bare = BareModel(mpp=8.0, classes=("tissue",), activation="none")
+    return model
+
+
+@pytest.mark.realdata
+def test_real_third_party_unet_nhwc_sigmoid(best_unet: Path, tmp_path: Path) -> None:
+    slide = shared_slide("CMU-1-Small-Region.svs")
+    model, bare = best_unet, BEST_UNET
     card = resolve_model(str(model), bare)
     assert card.input.layout == "NHWC" and card.input.size == (500, 500)
     out = tmp_path / "o.zarr"
@@ -119,14 +129,9 @@ def test_builtin_model_same_on_both_backends(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_real_third_party_unet_agrees_with_builtin_tissue_model(tmp_path: Path) -> None:
-    source = SHARED / "models" / "best_unet.onnx"
-    if not source.exists():
-        pytest.skip("best_unet.onnx not present")
+def test_real_third_party_unet_agrees_with_builtin_tissue_model(best_unet: Path, tmp_path: Path) -> None:
     slide = shared_slide("CMU-1-Small-Region.svs")
-    model = tmp_path / "best_unet.onnx"
-    shutil.copy(source, model)
-    bare = BareModel(mpp=8.0, classes=("tissue",), activation="none")
+    model, bare = best_unet, BEST_UNET
     run_slide(slide, tmp_path / "unet.zarr", RunOptions(model=str(model), bare_model=bare))
     run_slide(slide, tmp_path / "builtin.zarr", RunOptions(model="tissue"))
     unet = np.asarray(zarr.open_group(str(tmp_path / "unet.zarr"), mode="r")["0"][0]) > 0.6 * 255
