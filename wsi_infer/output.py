@@ -246,13 +246,21 @@ def _mean2x2(block: np.ndarray) -> np.ndarray:
     return (a * np.float32(0.25)).astype(block.dtype)
 
 
+def existing_run(path: Path) -> dict[str, Any] | None:
+    """The provenance of an existing overlay of ours at ``path``, or ``None``."""
+    if not path.exists():
+        return None
+    try:
+        info = zarr.open_group(str(path), mode="r").attrs.get("wsi_infer")
+    except (OSError, ValueError, KeyError, zarr.errors.NodeNotFoundError):
+        return None
+    return dict(info) if isinstance(info, dict) and "status" in info else None
+
+
 def read_status(path: Path) -> str | None:
     """The run status of an existing overlay, or ``None`` if it is not one of ours."""
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        return str(group.attrs["wsi_infer"]["status"])  # type: ignore[index]
-    except (FileNotFoundError, KeyError, TypeError, ValueError, zarr.errors.GroupNotFoundError):
-        return None
+    info = existing_run(path)
+    return str(info["status"]) if info is not None else None
 
 
 def _remove(path: Path) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import dask
 import numpy as np
-import zarr
 from dask.callbacks import Callback
 
 from .backends import BackendName, create_backend
@@ -34,6 +33,7 @@ from .output import (
     OutputDtype,
     OverlaySpec,
     OverlayWriter,
+    existing_run,
     forget_open_outputs,
     mark_chunk_done,
     store_chunk,
@@ -134,6 +134,20 @@ def resolve_mpp(slide: SlideReader, override: float | None) -> Mpp:
     return mpp
 
 
+def plan_slide(slide: SlideReader, card: ModelCard, *, mpp: float | None = None,
+               tile_size: int | None = None, halo: int | None = None,
+               chunk_size: int = 2048) -> tuple[Mpp, LevelPlan, Geometry]:
+    """The slide's mpp, the level plan for the model, and the tile grid: the one place that
+    decides which pixels a run (whole slide, region or service request) reads and computes."""
+    slide_mpp = resolve_mpp(slide, mpp)
+    _check_dimensions(slide)
+    plan = plan_level(slide, slide_mpp, card.mpp)
+    _check_upsampling(slide, slide_mpp, card, plan)
+    geometry = geometry_for(card, plan.height, plan.width, tile_size=tile_size, halo=halo,
+                            chunk_size=chunk_size)
+    return slide_mpp, plan, geometry
+
+
 def default_output(slide_path: Path, model: str) -> Path:
     """``./<slide stem>.<model>.zarr`` in the working directory."""
     return Path.cwd() / f"{slide_path.stem}.{Path(model).stem}.zarr"
@@ -164,12 +178,8 @@ def run_slide(
     out = Path(output) if output is not None else default_output(slide_path, card.name)
     timings: dict[str, float] = {}
     with open_slide(slide_path, options.reader) as slide:
-        mpp = resolve_mpp(slide, options.mpp)
-        _check_dimensions(slide)
-        plan = plan_level(slide, mpp, card.mpp)
-        _check_upsampling(slide, mpp, card, plan)
-        geometry = geometry_for(card, plan.height, plan.width, tile_size=options.tile_size,
-                                halo=options.halo, chunk_size=options.chunk_size)
+        mpp, plan, geometry = plan_slide(slide, card, mpp=options.mpp, tile_size=options.tile_size,
+                                         halo=options.halo, chunk_size=options.chunk_size)
         key = run_key(card, slide_fingerprint(slide_path), mpp, options)
         previous = existing_run(out) if resume else None
         if previous is not None and previous.get("run_key") == key and previous["status"] == STATUS_COMPLETE:
@@ -249,17 +259,6 @@ def run_key(card: ModelCard, fingerprint: str, mpp: Mpp, options: RunOptions) ->
         "chunk_size": options.chunk_size, "dtype": options.dtype,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
-
-
-def existing_run(out: Path) -> dict[str, Any] | None:
-    """The provenance of an existing overlay of ours at ``out``, or ``None``."""
-    if not out.exists():
-        return None
-    try:
-        info = zarr.open_group(str(out), mode="r").attrs.get("wsi_infer")
-    except (OSError, ValueError, KeyError, zarr.errors.NodeNotFoundError):
-        return None
-    return dict(info) if isinstance(info, dict) and "status" in info else None
 
 
 #: No scanner makes slides wider or taller than this (a 2.5 m slide at 0.25 µm/px).

@@ -15,11 +15,10 @@ from functools import lru_cache
 import numpy as np
 
 from .models import ClassInfo, resolve_model
-from .pipeline import RunOptions, _cached_predictor, _cached_slide, resolve_mpp
+from .pipeline import RunOptions, _cached_predictor, _cached_slide, plan_slide
 from .readers import Mpp
-from .resolution import LevelPlan, plan_level, read_target
+from .resolution import LevelPlan, read_target
 from .stitching import predict_window
-from .tiling import geometry_for
 from .tissue import TissueMask, detect_tissue
 
 
@@ -50,10 +49,8 @@ def predict_region(slide_path: str | os.PathLike[str], x: int, y: int, width: in
     started = time.perf_counter()
     card = resolve_model(options.model, options.bare_model)
     slide = _cached_slide(str(slide_path), options.reader)
-    mpp = resolve_mpp(slide, options.mpp)
-    plan = plan_level(slide, mpp, card.mpp)
-    geometry = geometry_for(card, plan.height, plan.width, tile_size=options.tile_size,
-                            halo=options.halo, chunk_size=options.chunk_size)
+    mpp, plan, geometry = plan_slide(slide, card, mpp=options.mpp, tile_size=options.tile_size,
+                                     halo=options.halo, chunk_size=options.chunk_size)
     ox0, oy0, ox1, oy1 = output_rectangle(plan, mpp, x, y, width, height)
     predictor = _cached_predictor(card, options.backend, options.device,
                                   options.threads, options.fp16)

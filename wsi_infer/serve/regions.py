@@ -13,12 +13,11 @@ import numpy as np
 
 from ..backends import BackendName, create_backend
 from ..models import ModelCard, resolve_model
-from ..pipeline import _cached_slide, resolve_mpp
+from ..pipeline import _cached_slide, plan_slide
 from ..predictor import Predictor
 from ..region import RegionPrediction, output_rectangle
-from ..resolution import plan_level, read_target
+from ..resolution import read_target
 from ..stitching import predict_window
-from ..tiling import geometry_for
 from .batcher import BatchingPredictor, Ticket
 
 #: Output pixels one request may ask for by default (2048 x 2048 at the model's resolution).
@@ -80,10 +79,8 @@ def predict_served_region(
     started = time.perf_counter()
     card = model.card
     slide = _cached_slide(str(slide_path), "auto")
-    slide_mpp = resolve_mpp(slide, mpp)
-    plan = plan_level(slide, slide_mpp, card.mpp)
-    geometry = geometry_for(card, plan.height, plan.width, tile_size=tiling.tile_size,
-                            halo=tiling.halo)
+    slide_mpp, plan, geometry = plan_slide(slide, card, mpp=mpp, tile_size=tiling.tile_size,
+                                           halo=tiling.halo)
     wanted_w = math.ceil(width * slide_mpp.x / plan.mpp_x)
     wanted_h = math.ceil(height * slide_mpp.y / plan.mpp_y)
     if max_output_pixels is not None and wanted_w * wanted_h > max_output_pixels:
