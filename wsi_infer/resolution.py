@@ -101,7 +101,7 @@ def resample_matrix(start: int, stop: int, factor: float, src_len: int) -> tuple
     return src0, matrix
 
 
-#: Integer factors up to this use exact integer arithmetic (int32 cannot overflow below it).
+#: Integer factors up to this use exact integer arithmetic (the sums fit in uint32 below it).
 MAX_INTEGER_FACTOR = 16
 
 
@@ -109,13 +109,11 @@ def read_target(slide: SlideReader, plan: LevelPlan, x0: int, y0: int, x1: int, 
     """Read target-resolution pixels ``[y0, y1) × [x0, x1)`` as ``float32`` RGB in 0..255."""
     if not plan.resampled:
         return slide.read_region(plan.level, x0, y0, x1 - x0, y1 - y0).astype(np.float32)
+    if all(f == int(f) and f <= MAX_INTEGER_FACTOR for f in (plan.factor_x, plan.factor_y)):
+        return _integer_read(slide, plan, x0, y0, x1, y1)
     sy, wy = resample_matrix(y0, y1, plan.factor_y, plan.level_height)
     sx, wx = resample_matrix(x0, x1, plan.factor_x, plan.level_width)
     src = slide.read_region(plan.level, sx, sy, wx.shape[1], wy.shape[1])
-    if all(f == int(f) and f <= MAX_INTEGER_FACTOR for f in (plan.factor_x, plan.factor_y)):
-        rows, ty = _integer_resample(src, 0, sy, y0, y1, int(plan.factor_y), plan.level_height)
-        both, tx = _integer_resample(rows, 1, sx, x0, x1, int(plan.factor_x), plan.level_width)
-        return both.astype(np.float32) * np.float32(1.0 / (ty * tx))
     rows = _sparse_resample(src.astype(np.float32), 0, wy)
     return _sparse_resample(rows, 1, wx)
 
@@ -136,35 +134,89 @@ def _integer_weights(factor: int) -> np.ndarray:
     return np.concatenate([half, half[-2::-1]])
 
 
-def _integer_resample(src: np.ndarray, axis: int, src0: int, start: int, stop: int, factor: int,
-                      src_len: int) -> tuple[np.ndarray, int]:
-    """Integer factors (the usual 2× and 4× between pyramid levels and model mpps) use the same
-    integer weights for every output pixel: a strided sum in exact int32 arithmetic, several
-    times faster than a sparse product.  Returns the sum and the weight total to divide by."""
-    weights = _integer_weights(factor)
-    n = stop - start
-    # output t is centred on source (t + 0.5) * factor - 0.5; its first tap lies (taps - 1) / 2 before
-    first = round((start + 0.5) * factor - 0.5 - (weights.size - 1) / 2)
-    last = first + factor * (n - 1) + weights.size  # source pixels [first, last)
-    if 0 <= first and last <= src_len and first >= src0 and last - src0 <= src.shape[axis]:
+@dataclass(frozen=True)
+class _IntegerAxis:
+    """Target pixels ``[start, stop)`` of one axis at an integer factor: output ``t`` is the
+    weighted sum of source pixels ``first + factor * (t - start) + k`` for tap ``k``."""
+
+    start: int
+    stop: int
+    factor: int
+    src_len: int
+
+    @property
+    def weights(self) -> np.ndarray:
+        return _integer_weights(self.factor)
+
+    @property
+    def first(self) -> int:  # output t is centred on source (t + 0.5) * factor - 0.5
+        return round((self.start + 0.5) * self.factor - 0.5 - (self.weights.size - 1) / 2)
+
+    @property
+    def last(self) -> int:  # one past the last source pixel used
+        return self.first + self.factor * (self.stop - self.start - 1) + self.weights.size
+
+    def source_window(self) -> tuple[int, int]:
+        """The source pixels to read, clipped to the level."""
+        return max(0, self.first), min(self.src_len, self.last)
+
+
+def _integer_read(slide: SlideReader, plan: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Integer factors (the usual 2× and 4× between pyramid levels and model mpps) give every
+    output pixel the same integer weights: strided sums in exact integer arithmetic on planar
+    (channel-first) pixels, several times faster than a sparse product, in uint16 where the
+    sums fit."""
+    ay = _IntegerAxis(y0, y1, int(plan.factor_y), plan.level_height)
+    ax = _IntegerAxis(x0, x1, int(plan.factor_x), plan.level_width)
+    (sy0, sy1), (sx0, sx1) = ay.source_window(), ax.source_window()
+    src = slide.read_region(plan.level, sx0, sy0, sx1 - sx0, sy1 - sy0)
+    planar = np.ascontiguousarray(np.moveaxis(src, 2, 0))  # (3, h, w): long strided inner loops
+    total_y, total_x = int(ay.weights.sum()), int(ax.weights.sum())
+    rows = _integer_pass(planar, 1, ay, sy0, _sum_dtype(255 * total_y))
+    both = _integer_pass(rows, 2, ax, sx0, _sum_dtype(255 * total_y * total_x))
+    out = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+    np.multiply(np.moveaxis(both, 0, 2), np.float32(1.0 / (total_y * total_x)), out=out, dtype=np.float32)
+    return out
+
+
+def _sum_dtype(largest: int) -> type[np.unsignedinteger]:
+    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
+
+
+def _integer_pass(src: np.ndarray, axis: int, spec: _IntegerAxis, src0: int,
+                  dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """Weighted strided sums of ``src`` (whose ``axis`` starts at level pixel ``src0``)."""
+    weights = spec.weights
+    n, factor, taps = spec.stop - spec.start, spec.factor, weights.size
+    if 0 <= spec.first and spec.last <= spec.src_len:
         window = [slice(None)] * src.ndim
-        window[axis] = slice(first - src0, last - src0)
+        window[axis] = slice(spec.first - src0, spec.last - src0)
         gathered = src[tuple(window)]  # a view: no copy inside the slide
     else:  # at the slide border, replicate the edge pixels
-        index = np.clip(np.arange(first, last), 0, src_len - 1) - src0
+        index = np.clip(np.arange(spec.first, spec.last), 0, spec.src_len - 1) - src0
         gathered = np.take(src, index, axis=axis)
-    shape = list(gathered.shape)
-    shape[axis] = n
-    out = np.zeros(shape, np.int32)
-    for k, weight in enumerate(weights):
+
+    def tap(k: int) -> np.ndarray:
         taken = [slice(None)] * src.ndim
         taken[axis] = slice(k, k + factor * (n - 1) + 1, factor)
-        part = gathered[tuple(taken)]
-        if weight == 1:
-            out += part
+        return gathered[tuple(taken)]  # type: ignore[no-any-return]
+
+    out: np.ndarray | None = None
+    pair: np.ndarray | None = None
+    for k in range((taps + 1) // 2):  # the weights are symmetric: add taps k and taps-1-k first
+        mirror = taps - 1 - k
+        if mirror != k:
+            pair = np.add(tap(k), tap(mirror), out=pair, dtype=dtype)
         else:
-            out += part * np.int32(weight)
-    return out, int(weights.sum())
+            pair = np.add(tap(k), 0, out=pair, dtype=dtype)
+        if weights[k] != 1:
+            pair *= dtype(weights[k])
+        if out is None:
+            out, pair = pair, None
+        else:
+            out += pair
+    assert out is not None
+    return out
 
 
 def lazy_target_image(slide: SlideReader, plan: LevelPlan, chunk: int = 1024) -> da.Array:

@@ -39,6 +39,7 @@ class TiffFileReader(SlideReader):
             for i in range(len(self._series.levels))
         ]
         self._dims = tuple(self._level_size(level) for level in self._series.levels)
+        self._tiled = [_tiled_rgb_page(level) for level in self._series.levels]
         if self._channel_count() not in (1, 3, 4):
             raise SlideOpenError(
                 f"{path}: unsupported TIFF layout axes={self._axes!r} shape={self._series.shape}:"
@@ -136,6 +137,36 @@ class TiffFileReader(SlideReader):
         return out
 
     def _read(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        page = self._tiled[level]
+        if page is not None:
+            return self._read_tiles(page, x0, y0, x1, y1)
+        return self._read_zarr(level, x0, y0, x1, y1)
+
+    def _read_tiles(self, page: tifffile.TiffPage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Decode just the tiles under the region with the page's own codec: about twice as fast
+        as the zarr view, which adds a store layer and a copy per tile."""
+        tw, tl = page.tilewidth, page.tilelength
+        across = -(-page.imagewidth // tw)
+        rows, cols = range(y0 // tl, (y1 - 1) // tl + 1), range(x0 // tw, (x1 - 1) // tw + 1)
+        indices = [r * across + c for r in rows for c in cols]
+        samples = page.samplesperpixel
+        out = np.empty((y1 - y0, x1 - x0, samples), np.uint8)
+        handle = page.parent.filehandle
+        offsets = [page.dataoffsets[i] for i in indices]
+        counts = [page.databytecounts[i] for i in indices]
+        for data, i in handle.read_segments(offsets, counts, indices, lock=handle.lock):
+            tile_y, tile_x = (i // across) * tl, (i % across) * tw
+            if data:
+                tile = page.decode(data, i, jpegtables=page.jpegtables)[0].reshape(tl, tw, samples)
+            else:  # a tile the scanner never wrote
+                tile = np.full((tl, tw, samples), page.nodata, np.uint8)
+            ty0, ty1 = max(y0, tile_y), min(y1, tile_y + tl)
+            tx0, tx1 = max(x0, tile_x), min(x1, tile_x + tw)
+            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = tile[ty0 - tile_y : ty1 - tile_y,
+                                                                 tx0 - tile_x : tx1 - tile_x]
+        return out[..., :3]
+
+    def _read_zarr(self, level: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         index = tuple(
             slice(y0, y1) if ax == "Y" else slice(x0, x1) if ax == "X" else
             slice(None) if ax in "SC" else 0
@@ -155,6 +186,23 @@ class TiffFileReader(SlideReader):
 
     def close(self) -> None:
         self._tif.close()
+
+
+def _tiled_rgb_page(level: tifffile.TiffPageSeries) -> tifffile.TiffPage | None:
+    """The level's page if it is one tiled, interleaved 8-bit RGB(A) page (most SVS, OME and
+    generic pyramidal TIFFs); ``None`` sends reads through the zarr view (NDPI, planar, stacks...)."""
+    if len(level.pages) != 1 or not isinstance(level.pages[0], tifffile.TiffPage):
+        return None
+    page = level.pages[0]
+    if page.is_ndpi:  # NDPI "tiles" are JPEG restart intervals that need tifffile's own header
+        return None
+    if not page.is_tiled or page.tiledepth != 1 or page.imagedepth != 1:
+        return None
+    if page.planarconfig != 1 or page.samplesperpixel not in (3, 4) or page.bitspersample != 8:
+        return None
+    if page.dtype != np.uint8 or level.axes != "YXS":
+        return None
+    return page
 
 
 def _rational(value: object) -> float:
