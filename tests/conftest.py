@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from slides import tissue_image, write_pyramid  # noqa: E402
+from slides import tissue_image, write_pyramid
 
-from wsi_infer.pipeline import clear_caches  # noqa: E402
+from wsi_infer.pipeline import clear_caches
 
 
 @pytest.fixture(autouse=True)

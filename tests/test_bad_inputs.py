@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from slides import tissue_image, write_pyramid
 from modelzoo import conv_onnx, red_channel_onnx, write_card
+from slides import tissue_image, write_pyramid
 
 EXE = str(Path(sys.executable).parent / "wsi-infer")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from slides import tissue_image, write_pyramid
 from modelzoo import conv_onnx, red_channel_onnx, write_card
+from slides import tissue_image, write_pyramid
 
 from wsi_infer.batch import collect_items, read_csv_manifest, run_batch
 from wsi_infer.errors import WsiInferError

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from slides import tissue_image, write_pyramid
 from modelzoo import red_channel_onnx, write_card
+from slides import tissue_image, write_pyramid
 
 EXE = str(Path(sys.executable).parent / "wsi-infer")
 
@@ -27,7 +27,7 @@ def red_card(tmp_path: Path) -> Path:
 
 
 def test_run_default_command_writes_overlay_and_summary(tiff_slide, red_card, tmp_path) -> None:
-    path, rgb = tiff_slide
+    path, _rgb = tiff_slide
     out = tmp_path / "o.zarr"
     result = cli(path, "--model", red_card, "--device", "cpu", "--out", out)
     assert result.returncode == 0, result.stderr

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slides import tissue_image, write_pyramid
 from modelzoo import red_channel_onnx, write_card
+from slides import tissue_image, write_pyramid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -23,7 +23,7 @@ def _require(backend: str) -> None:
 def test_cuda_matches_cpu(backend: str, fp16: bool, tiff_slide, tmp_path: Path) -> None:
     _require(backend)
     path, _ = tiff_slide
-    common = dict(model="tissue", backend=backend, mpp=0.5, dtype="float32", tissue_mask=False)
+    common = {"model": "tissue", "backend": backend, "mpp": 0.5, "dtype": "float32", "tissue_mask": False}
     run_slide(path, tmp_path / "cpu.zarr", RunOptions(device="cpu", **common))
     run_slide(path, tmp_path / "gpu.zarr", RunOptions(device="cuda", fp16=fp16, **common))
     a = np.asarray(zarr.open_group(str(tmp_path / "cpu.zarr"), mode="r")["0"][:])

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from slides import SHARED, shared_slide, tissue_image, write_pyramid
 from modelzoo import red_channel_onnx, write_card
+from slides import SHARED, shared_slide, tissue_image, write_pyramid
 
 from wsi_infer.errors import ChecksumError, ModelError
 from wsi_infer.models import BareModel, load_card, resolve_model

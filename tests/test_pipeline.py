@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from slides import tissue_image, write_pyramid
 from modelzoo import conv_onnx, red_channel_onnx, write_card
+from slides import tissue_image, write_pyramid
 
 from wsi_infer.errors import MissingMppError, OutputError
 from wsi_infer.pipeline import RunOptions, run_slide
@@ -62,7 +62,7 @@ def test_tiled_equals_whole_image_run_for_a_convolutional_model(tiff_slide, tmp_
     card = write_card(tmp_path, "conv", {"onnx": "conv.onnx"}, mpp=0.5, margin=3,
                       classes=["a", "b"], activation="softmax")
     tiled, whole = tmp_path / "tiled.zarr", tmp_path / "whole.zarr"
-    common = dict(model=str(card), tissue_mask=False, dtype="float32")
+    common = {"model": str(card), "tissue_mask": False, "dtype": "float32"}
     summary = run_slide(path, tiled, RunOptions(tile_size=50, chunk_size=150, batch_size=5, **common))
     run_slide(path, whole, RunOptions(tile_size=2048, chunk_size=2048, **common))
     assert summary.tiles_run == 20 * 28
@@ -77,7 +77,7 @@ def test_too_small_halo_is_not_exact(tiff_slide, tmp_path) -> None:
     conv_onnx(tmp_path / "conv.onnx", kernel=7, classes=1)
     card = write_card(tmp_path, "conv", {"onnx": "conv.onnx"}, mpp=0.5, margin=3,
                       classes=["a"], activation="sigmoid")
-    common = dict(model=str(card), tissue_mask=False, dtype="float32")
+    common = {"model": str(card), "tissue_mask": False, "dtype": "float32"}
     run_slide(path, tmp_path / "t.zarr", RunOptions(tile_size=50, halo=0, **common))
     run_slide(path, tmp_path / "w.zarr", RunOptions(tile_size=2048, **common))
     assert np.abs(level0(tmp_path / "t.zarr") - level0(tmp_path / "w.zarr")).max() > 1e-3
@@ -91,7 +91,7 @@ def test_fixed_size_model_blends_without_seams(tiff_slide, tmp_path) -> None:
                        classes=["a"], activation="sigmoid", size=[64, 64])
     free = write_card(tmp_path, "free", {"onnx": "free.onnx"}, mpp=0.5, margin=2,
                       classes=["a"], activation="sigmoid")
-    common = dict(tissue_mask=False, dtype="float32")
+    common = {"tissue_mask": False, "dtype": "float32"}
     summary = run_slide(path, tmp_path / "b.zarr", RunOptions(model=str(fixed), halo=8,
                                                               chunk_size=96, **common))
     run_slide(path, tmp_path / "w.zarr", RunOptions(model=str(free), tile_size=2048, **common))
@@ -147,7 +147,7 @@ def test_ome_zarr_metadata_and_provenance(tiff_slide, red_card, tmp_path) -> Non
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    path, _ = tiff_slide
+    _path, _ = tiff_slide
     big = write_pyramid(tmp_path / "big.tif", tissue_image(2600, 1500), mpp=0.5)
     out = tmp_path / "o.zarr"
     run_slide(big, out, RunOptions(model=str(red_card), batch_size=3))
@@ -188,7 +188,7 @@ def test_torch_backend_matches_onnxruntime(tiff_slide, tmp_path) -> None:
     torch.jit.save(torch.jit.trace(module.eval(), torch.zeros(1, 3, 32, 32)), tmp_path / "conv.pt")
     card = write_card(tmp_path, "conv", {"onnx": "conv.onnx", "torchscript": "conv.pt"}, mpp=0.5,
                       margin=3, classes=["a", "b"], activation="softmax")
-    common = dict(model=str(card), tile_size=100, dtype="float32", tissue_mask=False)
+    common = {"model": str(card), "tile_size": 100, "dtype": "float32", "tissue_mask": False}
     run_slide(path, tmp_path / "o.zarr", RunOptions(backend="onnxruntime", **common))
     run_slide(path, tmp_path / "t.zarr", RunOptions(backend="torch", **common))
     assert np.abs(level0(tmp_path / "o.zarr") - level0(tmp_path / "t.zarr")).max() < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,6 @@ def test_pieces_equal_the_whole_to_the_bit(slide_path: Path, factor: float) -> N
         plan = LevelPlan(0, 900, 700, factor, factor, w, h, 0.25 * factor, 0.25 * factor)
         whole = read_target(slide, plan, 0, 0, w, h)
         cuts_x, cuts_y = [0, 17, w // 2, w], [0, 33, h - 5, h]
-        for ya, yb in zip(cuts_y, cuts_y[1:]):
-            for xa, xb in zip(cuts_x, cuts_x[1:]):
+        for ya, yb in itertools.pairwise(cuts_y):
+            for xa, xb in itertools.pairwise(cuts_x):
                 np.testing.assert_array_equal(read_target(slide, plan, xa, ya, xb, yb), whole[ya:yb, xa:xb])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ def test_crop_tiles_partition_the_axis_and_keep_their_halo(length: int, stride: 
     axis = AxisTiles(length, tile, stride, halo)
     owned = [axis.owned(i) for i in range(axis.count)]
     assert owned[0][0] == 0 and owned[-1][1] == length
-    assert all(a[1] == b[0] for a, b in zip(owned, owned[1:]))  # no gap, no overlap
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(owned))  # no gap, no overlap
     for i, (a, b) in enumerate(owned):
         start = axis.start(i)
         assert 0 <= start and start + tile <= length  # windows stay inside the image

@@ -87,7 +87,7 @@ def collect_items(inputs: Iterable[Path], pattern: str = "*") -> list[BatchItem]
     """
     items: list[BatchItem] = []
     for source in inputs:
-        if source.is_dir() and not source.suffix == ".zarr":
+        if source.is_dir() and source.suffix != ".zarr":
             items += [BatchItem(p) for p in sorted(source.glob(pattern)) if _looks_like_input(p)]
         elif source.suffix.lower() == ".csv":
             items += read_csv_manifest(source)
@@ -169,7 +169,7 @@ def run_batch(items: list[BatchItem], out_dir: Path, options: RunOptions, *,
         except WsiInferError as exc:
             record.status, record.error, record.exit_code = "failed", str(exc), exc.exit_code
             log.error("%s: failed: %s", item.slide, exc)
-        except Exception as exc:  # a bug or an unexpected library error: record it, go on
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: record it, go on
             record.status, record.error, record.exit_code = "failed", f"{type(exc).__name__}: {exc}", 1
             log.error("%s: failed with an internal error:\n%s", item.slide, traceback.format_exc())
         else:

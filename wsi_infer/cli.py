@@ -235,7 +235,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     with open_slide(args.slide, args.reader) as slide:
         try:
             mpp_error = None
-            slide.mpp
+            _ = slide.mpp  # raises on malformed metadata
         except ValueError as exc:
             mpp_error = str(exc)
         info = asdict(slide.info()) if mpp_error is None else {**_info_without_mpp(slide), "mpp_error": mpp_error}
@@ -263,7 +263,7 @@ def _info_without_mpp(slide: Any) -> dict[str, Any]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, path in builtin_models().items():
         card = load_card(path)
         size = sum(w.path.stat().st_size for w in card.weights if w.path.exists())

@@ -135,9 +135,9 @@ class OverlayWriter:
     def open(cls, path: Path) -> OverlayWriter:
         """Reopen an unfinished overlay to resume it."""
         group = zarr.open_group(str(path), mode="r+")
-        attrs = group.attrs
-        channels = attrs["omero"]["channels"]  # type: ignore[index]
-        transforms = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]  # type: ignore[index]
+        attrs: dict[str, Any] = group.attrs.asdict()
+        channels = attrs["omero"]["channels"]
+        transforms = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
         scale, translation = transforms[0]["scale"], transforms[1]["translation"]
         level0 = group["0"]
         spec = OverlaySpec(
@@ -171,7 +171,7 @@ class OverlayWriter:
             target: zarr.Array = self.group[str(level)]  # type: ignore[assignment]
             smaller = downsample2(source, self.spec.dtype).rechunk(target.chunks)
             try:
-                da.store(smaller, target, lock=False)
+                da.store(smaller, target, lock=False)  # type: ignore[arg-type]
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot write pyramid level {level}: {exc}") from exc
 
@@ -232,18 +232,17 @@ def downsample2(level: da.Array, dtype: OutputDtype) -> da.Array:
     step = max(2, level.chunksize[1] // 2 * 2), max(2, level.chunksize[2] // 2 * 2)
     level = level.rechunk((1, step[0], step[1]))  # even block sizes: pairs never straddle blocks
     halved = tuple(tuple(n // 2 for n in dim) for dim in level.chunks[1:])
-    return level.map_blocks(_mean2x2, dtype=np.dtype(dtype), chunks=(level.chunks[0], *halved))
+    return da.map_blocks(_mean2x2, level, dtype=np.dtype(dtype), chunks=(level.chunks[0], *halved))
 
 
 def _mean2x2(block: np.ndarray) -> np.ndarray:
     wide = np.uint16 if block.dtype == np.uint8 else np.float32
     a = block[:, 0::2, 0::2].astype(wide)
-    a += block[:, 1::2, 0::2]
-    a += block[:, 0::2, 1::2]
-    a += block[:, 1::2, 1::2]
+    for part in (block[:, 1::2, 0::2], block[:, 0::2, 1::2], block[:, 1::2, 1::2]):
+        np.add(a, part, out=a)
     if block.dtype == np.uint8:
         return ((a + 2) // 4).astype(np.uint8)  # round half up
-    return (a * np.float32(0.25)).astype(block.dtype)
+    return np.multiply(a, np.float32(0.25)).astype(block.dtype)
 
 
 def existing_run(path: Path) -> dict[str, Any] | None:

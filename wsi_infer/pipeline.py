@@ -306,7 +306,7 @@ def _warn_about_tissue(slide_path: Path, tissue: TissueMask | None) -> None:
 def _mark_failed(writer: OverlayWriter, exc: BaseException) -> None:
     try:
         writer.set_status(STATUS_FAILED, error=f"{type(exc).__name__}: {exc}", finished=now())
-    except Exception:  # the original error matters more than a failed status update
+    except Exception:  # noqa: BLE001 - the original error matters more than a failed status update
         log.warning("could not mark %s as failed", writer.path)
 
 

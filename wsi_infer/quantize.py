@@ -100,7 +100,7 @@ def quantize_model(card: ModelCard, out_dir: Path, slides: Sequence[Path], *,
         prepared = Path(tmp) / "prepared.onnx"
         try:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        except Exception:  # pre-processing is an optimisation; quantize the original if it fails
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the original if it fails
             shutil.copy(source, prepared)
         batches = [float_predictor.preprocess(t[None]) for t in calibration]
         quantize_static(str(prepared), str(target), _Reader(input_name, batches),

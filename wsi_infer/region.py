@@ -44,8 +44,9 @@ class RegionPrediction:
 
 
 def predict_region(slide_path: str | os.PathLike[str], x: int, y: int, width: int, height: int,
-                   options: RunOptions = RunOptions()) -> RegionPrediction:
+                   options: RunOptions | None = None) -> RegionPrediction:
     """Predict the level-0 region ``(x, y, width, height)`` of a slide."""
+    options = options or RunOptions()
     started = time.perf_counter()
     card = resolve_model(options.model, options.bare_model)
     slide = _cached_slide(str(slide_path), options.reader)

@@ -86,7 +86,7 @@ def resample_matrix(start: int, stop: int, factor: float, src_len: int) -> tuple
     t = np.arange(start, stop, dtype=np.float64)
     centres = (t + 0.5) * factor - 0.5
     lo = np.floor(centres - radius).astype(np.int64) + 1
-    taps = int(math.ceil(2 * radius)) + 1
+    taps = math.ceil(2 * radius) + 1
     j = lo[:, None] + np.arange(taps)[None, :]
     w = np.clip(1.0 - np.abs(j - centres[:, None]) / radius, 0.0, None)
     w /= w.sum(axis=1, keepdims=True)

@@ -6,6 +6,7 @@ import abc
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class SlideReader(abc.ABC):
             mpp_source=mpp.source if mpp else None,
         )
 
-    def __enter__(self) -> SlideReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

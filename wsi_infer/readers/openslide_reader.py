@@ -57,7 +57,7 @@ class OpenSlideReader(SlideReader):
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         downsample = self.level_downsamples[level]
-        location = (int(round(x * downsample)), int(round(y * downsample)))
+        location = (round(x * downsample), round(y * downsample))
         try:
             image = self._slide.read_region(location, level, (width, height))
         except openslide.OpenSlideError as exc:

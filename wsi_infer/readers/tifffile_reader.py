@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tifffile
@@ -154,12 +154,14 @@ class TiffFileReader(SlideReader):
         handle = page.parent.filehandle
         offsets = [page.dataoffsets[i] for i in indices]
         counts = [page.databytecounts[i] for i in indices]
-        for data, i in handle.read_segments(offsets, counts, indices, lock=handle.lock):
+        for segment in handle.read_segments(offsets, counts, indices, lock=handle.lock):
+            data, i = cast(tuple[bytes | None, int], segment)
             tile_y, tile_x = (i // across) * tl, (i % across) * tw
-            if data:
-                tile = page.decode(data, i, jpegtables=page.jpegtables)[0].reshape(tl, tw, samples)
-            else:  # a tile the scanner never wrote
+            decoded = page.decode(data, i, jpegtables=page.jpegtables)[0] if data else None
+            if decoded is None:  # a tile the scanner never wrote
                 tile = np.full((tl, tw, samples), page.nodata, np.uint8)
+            else:
+                tile = decoded.reshape(tl, tw, samples)
             ty0, ty1 = max(y0, tile_y), min(y1, tile_y + tl)
             tx0, tx1 = max(x0, tile_x), min(x1, tile_x + tw)
             out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = tile[ty0 - tile_y : ty1 - tile_y,
