@@ -56,3 +56,16 @@ def test_pieces_equal_the_whole_to_the_bit(slide_path: Path, factor: float) -> N
         for ya, yb in itertools.pairwise(cuts_y):
             for xa, xb in itertools.pairwise(cuts_x):
                 np.testing.assert_array_equal(read_target(slide, plan, xa, ya, xb, yb), whole[ya:yb, xa:xb])
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0, 2.5])
+def test_whole_image_read_in_blocks_equals_one_read(slide_path: Path, factor: float,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import wsi_infer.resolution as resolution
+
+    monkeypatch.setattr(resolution, "WHOLE_READ_SOURCE_BLOCK", 150)  # many blocks on a small slide
+    with open_slide(slide_path) as slide:
+        w, h = int(900 // factor), int(700 // factor)
+        plan = LevelPlan(0, 900, 700, factor, factor, w, h, 0.25 * factor, 0.25 * factor)
+        np.testing.assert_array_equal(resolution.read_target_whole(slide, plan),
+                                      read_target(slide, plan, 0, 0, w, h))

@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from .readers import Mpp, SlideReader
-from .resolution import plan_level, read_target
+from .resolution import plan_level, read_target_whole
 
 #: Resolution (µm/px) of the thumbnail the mask is computed on.
 TISSUE_MPP = 8.0
@@ -68,7 +68,7 @@ def detect_tissue(slide: SlideReader, mpp: Mpp, *, thumbnail_mpp: float = TISSUE
     """Compute the tissue mask of ``slide`` on a thumbnail at about ``thumbnail_mpp``."""
     thumbnail_mpp = max(thumbnail_mpp, mpp.x, mpp.y)
     plan = plan_level(slide, mpp, thumbnail_mpp)
-    rgb = read_target(slide, plan, 0, 0, plan.width, plan.height)
+    rgb = read_target_whole(slide, plan)
     mask, modality = tissue_from_rgb(rgb, mpp=(plan.mpp_x + plan.mpp_y) / 2)
     return TissueMask(mask, plan.mpp_x, plan.mpp_y, modality)
 
