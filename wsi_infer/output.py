@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dask.array as da
+import dask.threaded
 import numcodecs
 import numpy as np
 import zarr
@@ -169,9 +170,12 @@ class OverlayWriter:
         for level in range(1, len(shapes)):
             source = da.from_zarr(self.group[str(level - 1)])
             target: zarr.Array = self.group[str(level)]  # type: ignore[assignment]
-            smaller = downsample2(source, self.spec.dtype).rechunk(target.chunks)
+            smaller = downsample2(source, self.spec.dtype).rechunk(target.chunks, method="tasks")
             try:
-                da.store(smaller, target, lock=False)  # type: ignore[arg-type]
+                # local threads, not a cluster client that may be the default: the pyramid is
+                # small, and the scheduler function avoids importing distributed
+                da.store(smaller, target, lock=False,  # type: ignore[arg-type]
+                         scheduler=dask.threaded.get, num_workers=2)
             except OSError as exc:
                 raise OutputError(f"{self.path}: cannot write pyramid level {level}: {exc}") from exc
 
@@ -230,7 +234,7 @@ def downsample2(level: da.Array, dtype: OutputDtype) -> da.Array:
     if h % 2 or w % 2:
         level = da.pad(level, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
     step = max(2, level.chunksize[1] // 2 * 2), max(2, level.chunksize[2] // 2 * 2)
-    level = level.rechunk((1, step[0], step[1]))  # even block sizes: pairs never straddle blocks
+    level = level.rechunk((1, step[0], step[1]), method="tasks")  # even block sizes: pairs never straddle blocks
     halved = tuple(tuple(n // 2 for n in dim) for dim in level.chunks[1:])
     return da.map_blocks(_mean2x2, level, dtype=np.dtype(dtype), chunks=(level.chunks[0], *halved))
 
