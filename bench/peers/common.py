@@ -7,7 +7,6 @@ so it depends only on the standard library, numpy and (lazily) torch.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -133,8 +132,3 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
 
-
-def env_threads() -> None:
-    """Cap BLAS/OpenMP pools before numpy or torch start them."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, str(THREADS))

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from monai.data import DataLoader, PatchWSIDataset, WSIReader  # noqa: E402
-from monai.transforms import (  # noqa: E402
+import common
+import numpy as np
+import torch
+from monai.data import DataLoader, PatchWSIDataset, WSIReader
+from monai.transforms import (
     Compose,
     ForegroundMask,
     NormalizeIntensityd,
@@ -39,7 +39,7 @@ from monai.transforms import (  # noqa: E402
 CARD = common.load_card()
 
 
-def plan(reader: WSIReader, wsi) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
+def plan(reader: WSIReader, wsi: Any) -> tuple[int, float, float]:
     """(level to read, its level-0 downsample, factor f from it to 0.5 µm/px)."""
     levels = reader.get_level_count(wsi)
     mpps = [float(np.mean(reader.get_mpp(wsi, lv))) for lv in range(levels)]
@@ -49,8 +49,8 @@ def plan(reader: WSIReader, wsi) -> tuple[int, float, float]:  # type: ignore[no
     return level, float(reader.get_downsample_ratio(wsi, level)), factor
 
 
-def tissue_tiles(reader: WSIReader, wsi, out_h: int, out_w: int, out_mpp: tuple[float, float]
-                 ) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+def tissue_tiles(reader: WSIReader, wsi: Any, out_h: int, out_w: int,
+                 out_mpp: tuple[float, float]) -> list[tuple[int, int]]:
     """Grid tiles (row, col) whose 512-px output square holds MONAI foreground."""
     mask_level = reader.get_level_count(wsi) - 1
     image, _ = reader.get_data(wsi, level=mask_level)
@@ -92,7 +92,8 @@ def run(slide: Path, out_dir: Path) -> dict:
                                  channel_wise=True)]
     if read != CARD.window:
         steps.insert(0, Resized("image", spatial_size=(CARD.window, CARD.window), mode="area"))
-    dataset = PatchWSIDataset(data, reader="OpenSlide", include_label=False, transform=Compose(steps))
+    dataset = PatchWSIDataset(data, reader="OpenSlide", include_label=False, center_location=False,
+                              transform=Compose(steps))
     loader = DataLoader(dataset, batch_size=common.BATCH, num_workers=common.THREADS, shuffle=False)
 
     prob = np.lib.format.open_memmap(out_dir / "monai-map.npy", mode="w+", dtype=np.uint8,

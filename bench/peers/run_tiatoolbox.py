@@ -18,15 +18,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 common.shim_torchvision()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tiatoolbox.models.engine.io_config import IOSegmentorConfig  # noqa: E402
-from tiatoolbox.models.engine.semantic_segmentor import SemanticSegmentor  # noqa: E402
-from tiatoolbox.models.models_abc import ModelABC  # noqa: E402
+import numpy as np
+import torch
+from tiatoolbox.models.engine.io_config import IOSegmentorConfig
+from tiatoolbox.models.engine.semantic_segmentor import SemanticSegmentor
+from tiatoolbox.models.models_abc import ModelABC
 
 CARD = common.load_card()
 
@@ -76,23 +76,19 @@ def run(slide: Path, out_dir: Path) -> dict:
             "inner_cpu": timed["cpu"], "output": str(zarr_path)}
 
 
-def export(result: dict, slide: Path, out: Path) -> None:
+def export(result: dict, out: Path) -> None:
     """TIAToolbox's zarr → the bench's comparison files, on its 0.5 µm/px grid.
 
     Pixels never computed (outside its tissue mask) are 0 in its canvas; a probability of
     exactly 0 never occurs with a sigmoid, so ``covered = p > 0`` (before uint8 rounding).
     """
     import zarr
-    from tiatoolbox.wsicore.wsireader import WSIReader
 
     group = zarr.open(result["output"], mode="r")
     probs = np.asarray(group["probabilities"])  # (H, W, C) at the save resolution
     p = probs[..., 0] if probs.ndim == 3 else probs
-    reader = WSIReader.open(slide)
-    w0, h0 = reader.info.slide_dimensions
-    mpp0 = reader.info.mpp
-    mpp_x, mpp_y = w0 * mpp0[0] / p.shape[1], h0 * mpp0[1] / p.shape[0]
-    common.save_probability_map(out, np.rint(p * 255).astype(np.uint8), p > 0, mpp_x, mpp_y,
+    mpp = CARD.mpp  # patches are read at exactly 0.5 µm/px from level-0 origin (0, 0)
+    common.save_probability_map(out, np.rint(p * 255).astype(np.uint8), p > 0, mpp, mpp,
                                 shape=list(probs.shape), keys=list(group.keys()))
 
 
@@ -105,7 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.export:
         result = json.loads(args.export.read_text())
-        export(result, args.slide, args.out_dir / "tiatoolbox-map")
+        export(result, args.out_dir / "tiatoolbox-map")
         return 0
     common.emit(run(args.slide.resolve(), args.out_dir))
     return 0

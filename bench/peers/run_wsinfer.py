@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 common.shim_torchvision()
 
@@ -48,7 +48,7 @@ def shim_zarr_kvstore() -> None:
 
 shim_zarr_kvstore()
 
-import torch  # noqa: E402
+import torch
 
 CARD = common.load_card()
 
