@@ -52,7 +52,7 @@ def _plan(slide_path: str, options):  # type: ignore[no-untyped-def]
     geometry = geometry_for(card, plan.height, plan.width, chunk_size=options.chunk_size)
     tissue = detect_tissue(slide, slide.mpp)
     job = ChunkJob(slide_path, "auto", plan, geometry, card, options.backend, options.device,
-                   options.threads, False, options.batch_size, tissue, "", "uint8")
+                   options.threads, False, options.batch_size or 1, tissue, "", "uint8")
     chunks = [c for c in geometry.chunks() if _chunk_has_tissue(job, *c)]
     return card, slide, plan, geometry, job, chunks, _tiles_with_tissue(geometry, plan, tissue, chunks)
 
@@ -103,15 +103,17 @@ def phase_compute(args: argparse.Namespace) -> dict[str, float]:
     card, _, _, geometry, _, _, tiles = _plan(args.slide, options)
     predictor = _cached_predictor(card, args.backend, args.device, None, args.fp16)
     rng = np.random.default_rng(0)
-    batch = rng.uniform(100, 250, (args.batch_size, geometry.y.tile, geometry.x.tile, 3)).astype(np.float32)
+    batch_size = predictor.batch_size(args.batch_size)  # what wsi-infer uses on this device
+    batch = rng.uniform(100, 250, (batch_size, geometry.y.tile, geometry.x.tile, 3)).astype(np.float32)
     predictor.predict(batch[:1])  # warm-up
     t0, c0 = time.perf_counter(), _cpu()
     done = 0
     while done < tiles:
-        n = min(args.batch_size, tiles - done)
+        n = min(batch_size, tiles - done)
         predictor.predict(batch[:n])
         done += n
-    return {"seconds": time.perf_counter() - t0, "cpu": _cpu() - c0, "tiles": tiles}
+    return {"seconds": time.perf_counter() - t0, "cpu": _cpu() - c0, "tiles": tiles,
+            "batch_size": batch_size}
 
 
 def phase_e2e(args: argparse.Namespace) -> dict[str, float]:
@@ -133,8 +135,8 @@ PHASES = {"read": phase_read, "compute": phase_compute, "e2e": phase_e2e}
 
 def run_phase(args: argparse.Namespace, name: str) -> dict[str, float]:
     command = [sys.executable, __file__, "--phase", name, "--slide", args.slide, "--model", args.model,
-               "--backend", args.backend, "--device", args.device, "--batch-size", str(args.batch_size),
-               "--chunk-size", str(args.chunk_size), "--workers", str(args.workers),
+               "--backend", args.backend, "--device", args.device, "--chunk-size", str(args.chunk_size),
+               *(["--batch-size", str(args.batch_size)] if args.batch_size else []), "--workers", str(args.workers),
                "--scratch", args.scratch, *(["--fp16"] if args.fp16 else [])]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -155,7 +157,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     r, c, e = results["read"], results["compute"], results["e2e"]
     bound = max(r["seconds"], c["seconds"], (r["cpu"] + c["cpu"]) / cores)
     return {"slide": args.slide, "model": args.label, "backend": args.backend, "device": args.device,
-            "fp16": args.fp16, "batch_size": args.batch_size, "cores": cores, "bound_s": bound,
+            "fp16": args.fp16, "batch_size": c["batch_size"], "cores": cores, "bound_s": bound,
             "ratio": e["seconds"] / bound, **results}
 
 
@@ -178,7 +180,8 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fp16", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="tiles per model call (default: wsi-infer's default for the device)")
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scratch", default="/tmp/wsi-infer-bench")
@@ -201,7 +204,7 @@ def main() -> int:
         if not Path(args.slide).exists():
             make_slide(args.slide, width=w, height=h, mpp=0.25, tissue_fraction=0.4, seed=7)
     print(f"slide {args.slide}  device {args.device}{' fp16' if args.fp16 else ''}  "
-          f"batch {args.batch_size}  chunk {args.chunk_size}  workers {args.workers}  "
+          f"batch {args.batch_size or 'default'}  chunk {args.chunk_size}  workers {args.workers}  "
           f"cores {os.cpu_count()}")
     print(f"{'':<22}{'':>6}{'-- read --':>15}{'- compute -':>15}{'--- end to end ---':>23}"
           f"{'':>15}{'peak RSS MB':>21}")

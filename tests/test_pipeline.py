@@ -10,7 +10,9 @@ import zarr
 from modelzoo import conv_onnx, red_channel_onnx, write_card
 from slides import tissue_image, write_pyramid
 
+from wsi_infer.backends import create_backend
 from wsi_infer.errors import MissingMppError, OutputError
+from wsi_infer.models import resolve_model
 from wsi_infer.pipeline import RunOptions, run_slide
 from wsi_infer.readers import open_slide
 from wsi_infer.resolution import plan_level, read_target
@@ -229,3 +231,18 @@ def test_cancel_stops_the_run_and_leaves_it_incomplete(tiff_slide, red_card, tmp
     info = zarr.open_group(str(out), mode="r").attrs["wsi_infer"]
     assert info["status"] == "failed" and "Cancelled" in info["error"]
     assert len(calls) < 16 * 22  # stopped long before all 352 chunks
+
+
+def test_default_batch_size_follows_the_device(tiff_slide, red_card, tmp_path) -> None:
+    """No --batch-size: 2 tiles per call on the CPU (flat throughput, less memory), recorded."""
+    from wsi_infer.predictor import ACCELERATOR_BATCH_SIZE, CPU_BATCH_SIZE, Predictor
+
+    path, _ = tiff_slide
+    run_slide(path, tmp_path / "o.zarr", RunOptions(model=str(red_card)))
+    info = zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs["wsi_infer"]
+    assert info["tiling"]["batch_size"] == CPU_BATCH_SIZE == 2
+    card = resolve_model(str(red_card))
+    predictor = Predictor(card, create_backend(card, "onnxruntime", "cpu"))
+    assert not predictor.backend.accelerated
+    assert predictor.batch_size() == CPU_BATCH_SIZE and predictor.batch_size(7) == 7
+    assert ACCELERATOR_BATCH_SIZE > CPU_BATCH_SIZE

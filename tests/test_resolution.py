@@ -61,7 +61,7 @@ def test_pieces_equal_the_whole_to_the_bit(slide_path: Path, factor: float) -> N
 @pytest.mark.parametrize("factor", [2.0, 4.0, 2.5])
 def test_whole_image_read_in_blocks_equals_one_read(slide_path: Path, factor: float,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import wsi_infer.resolution as resolution
+    from wsi_infer import resolution
 
     monkeypatch.setattr(resolution, "WHOLE_READ_SOURCE_BLOCK", 150)  # many blocks on a small slide
     with open_slide(slide_path) as slide:

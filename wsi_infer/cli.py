@@ -118,7 +118,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help="default: onnxruntime")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps, tensorrt, openvino, "
                    "coreml, dml or auto (default: cpu; see `wsi-infer devices`)")
-    g.add_argument("--batch-size", type=positive_int, default=8, help="tiles per model call (default: 8)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="tiles per model call (default: 2 on CPUs, where larger batches cost memory "
+                        "and gain no speed; 16 on GPUs)")
     g.add_argument("--threads", type=positive_int, default=None, help="backend threads (default: all cores)")
     g.add_argument("--workers", type=positive_int, default=2, help="Dask threads reading and "
                    "stitching chunks (default: 2)")

@@ -61,7 +61,7 @@ class RunOptions:
     bare_model: BareModel | None = None  # what a card would say, for a bare .onnx / .pt file
     backend: BackendName = "onnxruntime"
     device: str = "cpu"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the device's default (Predictor.batch_size)
     threads: int | None = None
     fp16: bool = False
     mpp: float | None = None
@@ -187,8 +187,10 @@ def run_slide(
             log.info("%s: already complete in %s, skipped", slide_path, out)
             return RunSummary(str(slide_path), str(out), 0, 0, 0, 0, 0.0, STATUS_SKIPPED)
         # Load and try the model before writing anything: a bad model or device leaves no output.
-        _probe_model(_cached_predictor(card, options.backend, options.device,
-                                       options.threads, options.fp16), geometry)
+        predictor = _cached_predictor(card, options.backend, options.device, options.threads,
+                                      options.fp16)
+        _probe_model(predictor, geometry)
+        batch_size = predictor.batch_size(options.batch_size)
         t0 = time.perf_counter()
         tissue = detect_tissue(slide, mpp) if options.tissue_mask else None
         timings["tissue_s"] = time.perf_counter() - t0
@@ -196,7 +198,7 @@ def run_slide(
         job = ChunkJob(
             slide_path=str(slide_path), reader=options.reader, plan=plan, geometry=geometry,
             card=card, backend=options.backend, device=options.device,
-            threads=options.threads, fp16=options.fp16, batch_size=options.batch_size,
+            threads=options.threads, fp16=options.fp16, batch_size=batch_size,
             tissue=tissue, output_path=str(out), dtype=options.dtype,
         )
         chunks = list(geometry.chunks())
@@ -214,7 +216,7 @@ def run_slide(
                 mpp_x=plan.mpp_x, mpp_y=plan.mpp_y, slide_mpp_x=mpp.x, slide_mpp_y=mpp.y,
                 dtype=options.dtype,
             )
-            provenance = _provenance(slide, mpp, card, plan, geometry, options, tissue)
+            provenance = _provenance(slide, mpp, card, plan, geometry, options, tissue, batch_size)
             writer = OverlayWriter.create(out, spec, {**provenance, "run_key": key},
                                           overwrite=options.overwrite or resume)
             done = set()
@@ -312,7 +314,7 @@ def _mark_failed(writer: OverlayWriter, exc: BaseException) -> None:
 
 
 def _provenance(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan, geometry: Geometry,
-                options: RunOptions, tissue: TissueMask | None) -> dict[str, Any]:
+                options: RunOptions, tissue: TissueMask | None, batch_size: int) -> dict[str, Any]:
     predictor = _cached_predictor(card, options.backend, options.device, options.threads,
                                   options.fp16)
     return {
@@ -330,7 +332,7 @@ def _provenance(slide: SlideReader, mpp: Mpp, card: ModelCard, plan: LevelPlan, 
                    "read_level": plan.level, "resample_factor": [plan.factor_y, plan.factor_x]},
         "tiling": {"mode": geometry.mode, "tile": geometry.y.tile, "stride": geometry.y.stride,
                    "halo": geometry.y.halo, "chunk": geometry.chunk,
-                   "batch_size": options.batch_size},
+                   "batch_size": batch_size},
         "runtime": {"backend": options.backend, "device": predictor.backend.describe(),
                     "threads": options.threads, "fp16": options.fp16, "workers": options.workers},
         "tissue": None if tissue is None else {

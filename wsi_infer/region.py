@@ -65,7 +65,7 @@ def predict_region(slide_path: str | os.PathLike[str], x: int, y: int, width: in
         return tissue.any_in(tx0 * plan.mpp_x, ty0 * plan.mpp_y, tx1 * plan.mpp_x, ty1 * plan.mpp_y)
 
     result = predict_window(read, geometry, (oy0, oy1, ox0, ox1), predictor,
-                            batch_size=options.batch_size,
+                            batch_size=predictor.batch_size(options.batch_size),
                             has_tissue=has_tissue if tissue is not None else None)
     return RegionPrediction(result.probabilities, ox0, oy0, plan.mpp_x, plan.mpp_y, mpp,
                             card.classes, card.name, result.tiles_run, time.perf_counter() - started)

@@ -19,6 +19,11 @@ class Backend(abc.ABC):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a preprocessed float32 batch and return its raw output."""
 
+    @property
+    def accelerated(self) -> bool:
+        """Whether the model runs on an accelerator (GPU, NPU) rather than the CPU."""
+        return False
+
     def describe(self) -> str:
         """Backend and device, e.g. ``onnxruntime:CPUExecutionProvider``."""
         return f"{self.name}:{self.device}"

@@ -20,6 +20,8 @@ _PROVIDERS = {
     "rocm": "ROCMExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+#: Providers that run on the CPU (OpenVINO's default device is the CPU).
+_CPU_PROVIDERS = ("CPUExecutionProvider", "OpenVINOExecutionProvider")
 _AUTO_ORDER = ("tensorrt", "cuda", "rocm", "coreml", "dml", "openvino", "cpu")
 
 
@@ -74,6 +76,10 @@ class OnnxRuntimeBackend(Backend):
         self._input = inputs[0].name
         self._output = self._session.get_outputs()[0].name
         super().__init__(device=self._session.get_providers()[0])
+
+    @property
+    def accelerated(self) -> bool:
+        return self.device not in _CPU_PROVIDERS
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._session.run([self._output], {self._input: batch})[0])

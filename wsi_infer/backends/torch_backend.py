@@ -81,6 +81,10 @@ class TorchBackend(Backend):
         self._torch = torch
         super().__init__(device=resolved)
 
+    @property
+    def accelerated(self) -> bool:
+        return self.device != "cpu"
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():

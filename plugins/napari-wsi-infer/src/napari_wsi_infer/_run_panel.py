@@ -97,7 +97,9 @@ class RunPanel(QGroupBox):
         form.addRow("Backend", self.backend_combo)
         form.addRow("Device", self.device_combo)
 
-        self.batch_spin = spin(1, 512, RunOptions.batch_size)
+        self.batch_spin = spin(0, 512, 0)
+        self.batch_spin.setSpecialValueText("device default")
+        self.batch_spin.setToolTip("Tiles per model call (0: 2 on CPUs, 16 on GPUs)")
         form.addRow("Batch size", self.batch_spin)
         self.tile_spin = spin(0, 8192, 0)
         self.tile_spin.setSpecialValueText("model default")
@@ -140,7 +142,7 @@ class RunPanel(QGroupBox):
             model=self.model_combo.currentText().strip(),
             backend=self.backend_combo.currentText(),  # type: ignore[arg-type]
             device=self.device_combo.currentText() or "cpu",
-            batch_size=self.batch_spin.value(),
+            batch_size=self.batch_spin.value() or None,
             chunk_size=self.chunk_spin.value(),
             tile_size=self.tile_spin.value() or None,
         )
