@@ -19,11 +19,12 @@ PSS (the sum of the proportional set sizes of the child and its descendants, sam
 The model is ``models/nuclei`` (0.5 µm/px, fully convolutional, 16-px receptive margin,
 sigmoid), its TorchScript for every peer (``torch.jit.load``), with the card's
 preprocessing: RGB, ``(p/255 − 0.5)/0.25``, NCHW float32.  wsi-infer itself runs as a user
-runs it: ``wsi-infer SLIDE --model nuclei`` (onnxruntime, its defaults: batch 8, 544-px tiles
-on a 512 grid, 2 Dask workers, all cores, its tissue mask); a second row, "wsi-infer/torch",
-adds ``--backend torch`` so that one wsi-infer row runs the same runtime as the peers (torch,
-the same TorchScript; wsi-infer freezes it for inference) and runtime and pipeline effects can
-be told apart (``--no-torch-row`` skips it).  The peers, on CPU, batch 8,
+runs it: ``wsi-infer SLIDE --model nuclei`` (onnxruntime, its defaults: 2 tiles per call on
+CPUs, 544-px tiles on a 512 grid, 2 Dask workers, all cores, its tissue mask); a second row,
+"wsi-infer/torch", adds ``--backend torch`` so that one wsi-infer row runs the same runtime as
+the peers (torch, the same TorchScript, at wsi-infer's default for torch on CPUs: 1 tile per
+call) and runtime and pipeline effects can
+be told apart (``--no-torch-row`` skips it).  The peers, on CPU, batch 8 (``--batch-size``),
 2 torch threads, 2 data-loader workers, each with its own resolution handling and tissue
 masking:
 
@@ -188,7 +189,8 @@ def wsi_infer_row(args: argparse.Namespace, backend: str = "onnxruntime") -> dic
 def peer_row(args: argparse.Namespace, tool: str) -> dict:
     """One peer's runner in the peers' venv (this interpreter)."""
     scratch = Path(args.scratch)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+           "WSI_INFER_PEERS_BATCH": str(args.batch_size)}
     row = run_child(tool, [sys.executable, str(PEERS / f"run_{tool}.py"), args.slide, str(scratch)],
                     scratch / f"{tool}.log", env)
     result = row.get("result", {})
@@ -235,6 +237,7 @@ def main() -> int:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     parser.add_argument("--wsi-infer-python", default=str(HERE.parent / ".venv" / "bin" / "python"))
     parser.add_argument("--scratch", default="/tmp/peers-out")
+    parser.add_argument("--batch-size", type=int, default=8, help="the peers' batch size (default: 8)")
     parser.add_argument("--no-torch-row", action="store_true",
                         help="skip the second wsi-infer row with --backend torch")
     args = parser.parse_args()
@@ -251,7 +254,8 @@ def main() -> int:
     for name, row in rows.items():
         row["agreement"] = agree.get(name, {} if name == "wsi-infer" else {"error": "not compared"})
 
-    print(f"slide {args.slide}  model nuclei (0.5 µm/px)  batch 8  cores {os.cpu_count()}")
+    print(f"slide {args.slide}  model nuclei (0.5 µm/px)  peers' batch {args.batch_size}  "
+          f"cores {os.cpu_count()}")
     print(f"{'tool':<16}{'tiles':>7}{'wall s':>9}{'run s':>8}{'tiles/s':>9}{'CPU s':>8}"
           f"{'peak RSS MB':>13}{'tree PSS MB':>13}  agreement with wsi-infer")
     for name, row in rows.items():
@@ -264,7 +268,7 @@ def main() -> int:
               f"{_agreement_text(row['agreement']) if name != 'wsi-infer' else 'reference'}")
     keep = ("tiles", "seconds", "run_seconds", "cpu", "peak_rss_mb", "tree_pss_mb", "returncode",
             "agreement", "error")
-    print(json.dumps({"slide": args.slide, "model": "nuclei", "batch_size": 8, "cores": os.cpu_count(),
+    print(json.dumps({"slide": args.slide, "model": "nuclei", "peers_batch_size": args.batch_size, "cores": os.cpu_count(),
                       "rows": {n: {k: r[k] for k in keep if k in r} for n, r in rows.items()}}))
     return 0 if all(r["returncode"] == 0 for r in rows.values()) else 1
 

@@ -234,8 +234,10 @@ def test_cancel_stops_the_run_and_leaves_it_incomplete(tiff_slide, red_card, tmp
 
 
 def test_default_batch_size_follows_the_device(tiff_slide, red_card, tmp_path) -> None:
-    """No --batch-size: 2 tiles per call on the CPU (flat throughput, less memory), recorded."""
-    from wsi_infer.predictor import ACCELERATOR_BATCH_SIZE, CPU_BATCH_SIZE, Predictor
+    """No --batch-size: 2 tiles per call on the CPU with onnxruntime (flat throughput, less
+    memory), 1 with torch (faster per tile there), recorded in the provenance."""
+    from wsi_infer.backends.base import ACCELERATOR_BATCH_SIZE, CPU_BATCH_SIZE
+    from wsi_infer.predictor import Predictor
 
     path, _ = tiff_slide
     run_slide(path, tmp_path / "o.zarr", RunOptions(model=str(red_card)))
@@ -246,3 +248,5 @@ def test_default_batch_size_follows_the_device(tiff_slide, red_card, tmp_path) -
     assert not predictor.backend.accelerated
     assert predictor.batch_size() == CPU_BATCH_SIZE and predictor.batch_size(7) == 7
     assert ACCELERATOR_BATCH_SIZE > CPU_BATCH_SIZE
+    torch_card = resolve_model("nuclei")
+    assert Predictor(torch_card, create_backend(torch_card, "torch", "cpu")).batch_size() == 1

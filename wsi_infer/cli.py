@@ -119,8 +119,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps, tensorrt, openvino, "
                    "coreml, dml or auto (default: cpu; see `wsi-infer devices`)")
     g.add_argument("--batch-size", type=positive_int, default=None,
-                   help="tiles per model call (default: 2 on CPUs, where larger batches cost memory "
-                        "and gain no speed; 16 on GPUs)")
+                   help="tiles per model call (default: 16 on GPUs; on CPUs, where larger batches "
+                        "cost memory and gain no speed, 2 with onnxruntime and 1 with torch)")
     g.add_argument("--threads", type=positive_int, default=None, help="backend threads (default: all cores)")
     g.add_argument("--workers", type=positive_int, default=2, help="Dask threads reading and "
                    "stitching chunks (default: 2)")

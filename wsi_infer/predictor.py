@@ -10,12 +10,6 @@ from .backends import Backend
 from .errors import ModelError
 from .models import ModelCard
 
-#: Tiles per model call when none is asked for.  On CPUs throughput is flat in the batch size
-#: while memory grows with it (a ResNet-18 U-Net: 2.0 tiles/s and 0.6 GB at batch 1-2, 1.7
-#: tiles/s and 4.5 GB at batch 8; docs/performance.md); accelerators want large batches.
-CPU_BATCH_SIZE = 2
-ACCELERATOR_BATCH_SIZE = 16
-
 
 class Predictor:
     """Preprocess tiles as the card says, run the backend, apply the activation, check the result.
@@ -36,10 +30,8 @@ class Predictor:
         self._lock = threading.Lock()
 
     def batch_size(self, requested: int | None = None) -> int:
-        """``requested``, or the default for the device the model runs on."""
-        if requested is not None:
-            return requested
-        return ACCELERATOR_BATCH_SIZE if self.backend.accelerated else CPU_BATCH_SIZE
+        """``requested``, or the backend's default for the device the model runs on."""
+        return requested if requested is not None else self.backend.default_batch_size
 
     @property
     def num_classes(self) -> int:

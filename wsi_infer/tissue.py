@@ -81,7 +81,7 @@ def tissue_from_rgb(
     ``margin_um`` dilates the mask by a safety margin (0 for a tight mask, e.g. for labels).
     """
     rgb = np.asarray(rgb, dtype=np.float32)
-    padding = rgb.max(axis=2) < PADDING_MAX
+    padding = _channel_max(rgb) < PADDING_MAX
     modality: Modality = "fluorescence" if _is_fluorescence(rgb) else "brightfield"
     if modality == "fluorescence":
         raw = _fluorescence_foreground(rgb)
@@ -90,16 +90,26 @@ def tissue_from_rgb(
     return _clean(raw, mpp=mpp, margin_um=margin_um), modality
 
 
+def _channel_max(rgb: np.ndarray) -> np.ndarray:
+    """``rgb.max(axis=2)`` without a reduction over a 3-long axis (several times faster)."""
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])  # type: ignore[no-any-return]
+
+
+def _channel_min(rgb: np.ndarray) -> np.ndarray:
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])  # type: ignore[no-any-return]
+
+
 def _is_fluorescence(rgb: np.ndarray) -> bool:
-    luminance = rgb.mean(axis=2)
+    luminance = (rgb[..., 0] + rgb[..., 1] + rgb[..., 2]) / np.float32(3)  # rgb.mean(axis=2)
     return bool(np.median(luminance) < 60)
 
 
 def _brightfield_foreground(rgb: np.ndarray) -> np.ndarray:
     smooth = ndi.uniform_filter(rgb, size=(3, 3, 1))
-    high, low = smooth.max(axis=2), smooth.min(axis=2)
+    high, low = _channel_max(smooth), _channel_min(smooth)
     saturation = (high - low) / np.maximum(high, 1.0)
-    optical_density = -np.log((smooth + 1.0) / 256.0).sum(axis=2)
+    densities = [np.log((smooth[..., c] + 1.0) / 256.0) for c in range(3)]
+    optical_density = -(densities[0] + densities[1] + densities[2])
     threshold = _saturation_threshold(saturation[high >= PADDING_MAX])
     return (saturation > threshold) & (optical_density > MIN_OPTICAL_DENSITY)
 
@@ -117,7 +127,7 @@ def _saturation_threshold(saturation: np.ndarray) -> float:
 
 
 def _fluorescence_foreground(rgb: np.ndarray) -> np.ndarray:
-    brightness = ndi.uniform_filter(rgb.max(axis=2), size=3)
+    brightness = ndi.uniform_filter(_channel_max(rgb), size=3)
     if brightness.max() <= brightness.min():
         return np.zeros(brightness.shape, bool)
     return brightness > max(float(threshold_otsu(brightness)), 10.0)

@@ -7,6 +7,7 @@ so it depends only on the standard library, numpy and (lazily) torch.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -20,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "models" / "nuclei"
 THREADS = 2  # a 2-core machine: torch intra-op threads and data-loader workers
-BATCH = 8
+BATCH = int(os.environ.get("WSI_INFER_PEERS_BATCH", "8"))  # bench_peers.py --batch-size
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,6 @@ import numpy as np
 
 from ..errors import DeviceNotAvailableError, ModelError
 from .base import Backend
-
-log = logging.getLogger("wsi_infer")
 
 
 def _torch() -> Any:
@@ -48,16 +45,6 @@ def _resolve_device(device: str) -> str:
     return wanted
 
 
-def _frozen(torch: Any, model: Any) -> Any:
-    """Freeze the module for inference (weights become constants, conv + batch-norm fold):
-    1.7-1.8x faster on CPU.  A module that cannot be frozen runs as loaded."""
-    try:
-        return torch.jit.freeze(model)
-    except Exception as exc:  # noqa: BLE001 - freezing is an optimisation, never a requirement
-        log.info("TorchScript module not frozen (%s); running it as loaded", exc)
-        return model
-
-
 class TorchBackend(Backend):
     """A TorchScript model loaded with ``torch.jit.load`` on one device."""
 
@@ -77,13 +64,19 @@ class TorchBackend(Backend):
         except Exception as exc:  # torch raises RuntimeError and others for bad archives
             raise ModelError(f"{model_path}: not a TorchScript archive torch can load: {exc}") from exc
         self._dtype = torch.float16 if fp16 else torch.float32
-        self._model = _frozen(torch, model.eval().to(dtype=self._dtype))
+        self._model = model.eval().to(dtype=self._dtype)
         self._torch = torch
         super().__init__(device=resolved)
 
     @property
     def accelerated(self) -> bool:
         return self.device != "cpu"
+
+    @property
+    def default_batch_size(self) -> int:
+        # On CPUs torch's channels-last convolutions run one tile 2-2.6x faster per tile than
+        # batches of 2-8 (nuclei model: 0.12 s vs 0.26-0.32 s per 544-px tile).
+        return 1 if self.device == "cpu" else super().default_batch_size
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -99,7 +99,7 @@ class RunPanel(QGroupBox):
 
         self.batch_spin = spin(0, 512, 0)
         self.batch_spin.setSpecialValueText("device default")
-        self.batch_spin.setToolTip("Tiles per model call (0: 2 on CPUs, 16 on GPUs)")
+        self.batch_spin.setToolTip("Tiles per model call (0: the device default: 16 on GPUs, 1-2 on CPUs)")
         form.addRow("Batch size", self.batch_spin)
         self.tile_spin = spin(0, 8192, 0)
         self.tile_spin.setSpecialValueText("model default")
