@@ -25,51 +25,64 @@ Outputs in ``--out``: ``nuclei.onnx``, ``nuclei.pt`` (TorchScript), ``card.json`
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import json
-import math
 import os
-import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from torch import nn
-from torch.nn import functional as F
 
-from wsi_infer.readers import open_slide
-from wsi_infer.resolution import plan_level, read_target
 from wsi_infer.tissue import tissue_from_rgb
+
+# This file is run as a script (python models/nuclei/train.py), so models/ is not on sys.path:
+# add it to import the training code shared with the other built-in models (models/_training.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _training import (
+    Background,
+    CropSampler,
+    LabelledSlide,
+    add_padding,
+    build_parser,
+    evaluate,
+    expand_slide_paths,
+    export_and_verify,
+    export_traced,
+    jitter_colour,
+    load_training_slides,
+    machine_description,
+    model_card,
+    read_at_mpp,
+    retrain_command,
+    rotate_flip,
+    seed_everything,
+    sensor_noise,
+    slide_list,
+    train,
+    weights_table,
+    write_card,
+    write_report,
+)
 
 NAME = "nuclei"
 VERSION = "1.0.0"
 #: Resolution the model works at (µm/px).
 MPP = 0.5
-#: Input normalisation, done outside the model: x = (pixel * SCALE - MEAN) / STD.
-SCALE = 1.0 / 255.0
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.25, 0.25, 0.25)
+# Input normalisation (x = (pixel * SCALE - MEAN) / STD): shared, see models/_training.py.
 #: Receptive field radius of the network in pixels: 1 + 2 + 4 + 8 + 1.
 RECEPTIVE_MARGIN = 16
 #: Side of the square training crops (pixels at 0.5 µm/px).
 CROP = 96
 #: Fraction of each slide's rows, at the bottom, that is never trained on.
 HOLDOUT_FRACTION = 0.2
-#: Tile side used when predicting whole held-out regions.
-EVAL_TILE = 512
-#: Largest allowed difference between ONNX Runtime and TorchScript logits.
-EXPORT_TOLERANCE = 1e-4
 #: Real slides are drawn this many times more often than their area alone would say.
 REAL_WEIGHT = 3.0
 
@@ -93,7 +106,7 @@ MAX_HOLE_UM2 = 50.0
 DATA_DIR = Path("/work/shared/data/slides")
 DEFAULT_SLIDES = (str(DATA_DIR / "CMU-1-Small-Region.svs"),)
 #: (level-0 mpp, background) of each synthetic slide; the last one is held out entirely.
-SYNTHETIC_SPECS: tuple[tuple[float, Literal["glass", "black"]], ...] = (
+SYNTHETIC_SPECS: tuple[tuple[float, Background], ...] = (
     (0.5, "glass"),
     (0.25, "black"),
     (0.5, "black"),
@@ -110,46 +123,10 @@ CARD_DESCRIPTION = (
 
 
 @dataclass
-class LabelledSlide:
+class NucleiSlide(LabelledSlide):
     """A slide read whole at 0.5 µm/px with its nuclei labels."""
 
-    name: str
-    source: str  # "real" or "synthetic"
-    rgb: np.ndarray  # (H, W, 3) uint8
-    mask: np.ndarray  # (H, W) bool
-    train_rows: int  # rows [0, train_rows) may be trained on; the rest is held out
     threshold: float  # the slide's hematoxylin threshold
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.mask.shape  # type: ignore[return-value]
-
-
-def expand_slide_paths(patterns: Sequence[str]) -> list[Path]:
-    """Paths from a list of paths and globs, in the order given; a clear error for no match."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not all(Path(m).exists() for m in matches):
-            raise SystemExit(f"train.py: no slide matches {pattern!r}")
-        paths.extend(Path(m) for m in matches)
-    return paths
-
-
-def read_at_mpp(path: Path, mpp: float = MPP, chunk: int = 2048) -> tuple[np.ndarray, float]:
-    """The whole slide at ``mpp`` µm/px as ``uint8`` RGB, read in chunks with wsi-infer's
-    reader, and the mpp actually obtained (a level within 2 % of ``mpp`` is used as is)."""
-    with open_slide(path) as slide:
-        if slide.mpp is None:
-            raise SystemExit(f"train.py: {path} has no mpp in its metadata")
-        plan = plan_level(slide, slide.mpp, mpp)
-        out = np.empty((plan.height, plan.width, 3), np.uint8)
-        for y0 in range(0, plan.height, chunk):
-            for x0 in range(0, plan.width, chunk):
-                y1, x1 = min(y0 + chunk, plan.height), min(x0 + chunk, plan.width)
-                region = read_target(slide, plan, x0, y0, x1, y1)
-                out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255)
-    return out, math.sqrt(plan.mpp_x * plan.mpp_y)
 
 
 def remove_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -202,9 +179,9 @@ def nuclei_labels(rgb: np.ndarray, mpp: float) -> tuple[np.ndarray, float, np.nd
     return mask, threshold, tissue
 
 
-def load_slide(path: Path, source: str, holdout_fraction: float) -> LabelledSlide | None:
+def load_slide(path: Path, source: str, holdout_fraction: float) -> NucleiSlide | None:
     """Read and label one slide; ``None`` (with a note) for a slide that is not brightfield."""
-    rgb, mpp = read_at_mpp(path)
+    rgb, mpp = read_at_mpp(path, MPP)
     labelled = nuclei_labels(rgb, mpp)
     if labelled is None:
         print(f"  skip {path.name}: not a brightfield slide with tissue")
@@ -214,144 +191,27 @@ def load_slide(path: Path, source: str, holdout_fraction: float) -> LabelledSlid
     print(f"  {path.name}: {rgb.shape[1]}x{rgb.shape[0]} px at {mpp:.3f} µm/px, "
           f"tissue {tissue.mean():.1%}, H threshold {threshold:.4f}, nuclei {mask.mean():.1%} "
           f"of the slide ({mask[tissue].mean():.1%} of tissue)")
-    return LabelledSlide(path.name, source, rgb, mask, train_rows, threshold)
-
-
-def make_synthetic_slides(folder: Path, seed: int) -> list[Path]:
-    """Render the synthetic slides of :data:`SYNTHETIC_SPECS` into ``folder``."""
-    from wsi_infer.synthetic import make_slide
-
-    paths = []
-    width, height = SYNTHETIC_SIZE
-    for i, (mpp, background) in enumerate(SYNTHETIC_SPECS):
-        path = folder / f"synthetic-{i}-{background}-{mpp}mpp.svs"
-        make_slide(path, width=width, height=height, mpp=mpp, kind="svs", seed=seed * 1000 + i,
-                   background=background)
-        paths.append(path)
-    return paths
-
-
-def load_dataset(
-    real: Sequence[Path], synthetic: Sequence[Path], holdout_fraction: float
-) -> list[LabelledSlide]:
-    """Label every slide; the last synthetic slide is wholly held out."""
-    slides = []
-    for i, path in enumerate([*real, *synthetic]):
-        is_synthetic = i >= len(real)
-        held_out = is_synthetic and path == synthetic[-1]
-        slide = load_slide(path, "synthetic" if is_synthetic else "real",
-                           1.0 if held_out else holdout_fraction)
-        if slide is not None:
-            slides.append(slide)
-    return slides
+    return NucleiSlide(path.name, source, rgb, mask, train_rows, threshold)
 
 
 # --------------------------------------------------------------------------- augmentation
 
 
-def add_padding(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> None:
-    """Paint a black rectangle (scanner padding) in place; usually a band from one edge."""
-    h, w = label.shape
-    if rng.random() < 0.7:  # a band along one edge, as scanners pad the unscanned area
-        depth = int(rng.integers(8, h // 2))
-        side = int(rng.integers(4))
-        y0, y1, x0, x1 = [(0, depth, 0, w), (h - depth, h, 0, w),
-                          (0, h, 0, depth), (0, h, w - depth, w)][side]
-    else:
-        y0, x0 = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
-        y1, x1 = int(rng.integers(y0 + 8, h + 1)), int(rng.integers(x0 + 8, w + 1))
-    image[y0:y1, x0:x1] = rng.uniform(0, 20) + rng.normal(0, 1.5, (y1 - y0, x1 - x0, 3))
-    label[y0:y1, x0:x1] = False
-
-
-def jitter_colour(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mild stain and scanner variation: brightness, contrast and per-channel gains.
-
-    Kept small on purpose (the tissue model's lesson): the labels are a colour threshold, and
-    large gains move pixels across it, i.e. create or erase "stain" the label does not follow.
-    """
-    gains = rng.uniform(0.95, 1.05) * rng.uniform(0.98, 1.02, size=3)
-    contrast = rng.uniform(0.9, 1.1)
-    mean = image.mean(axis=(0, 1), keepdims=True)
-    return ((image - mean) * contrast + mean) * gains
-
-
 def augment(
     image: np.ndarray, label: np.ndarray, rng: np.random.Generator, padding_p: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random rot90 and flips, mild colour jitter, sensor noise and (rarely) black padding."""
-    k = int(rng.integers(4))
-    image, label = np.rot90(image, k), np.rot90(label, k)
-    if rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    image, label = image.astype(np.float32), label.copy()
-    image = jitter_colour(image, rng)
-    image = image + rng.normal(0, rng.uniform(0, 3), image.shape)
+    """Random rot90 and flips, mild colour jitter, sensor noise and (rarely) black padding.
+
+    The colour jitter is kept small on purpose (the tissue model's lesson): the labels are a
+    colour threshold, and large gains move pixels across it, i.e. create or erase "stain" the
+    label does not follow.
+    """
+    image, label = rotate_flip(image, label, rng)
+    image = jitter_colour(image, rng, brightness=(0.95, 1.05), contrast=(0.9, 1.1))
+    image = sensor_noise(image, rng)
     if rng.random() < padding_p:
         add_padding(image, label, rng)
     return np.clip(image, 0, 255), label
-
-
-def label_edges(mask: np.ndarray) -> np.ndarray:
-    """``(row, col)`` of the labelled pixels on the outline of ``mask``, as an (n, 2) array."""
-    return np.argwhere(mask & ~ndi.binary_erosion(mask, border_value=1))
-
-
-@dataclass
-class CropSampler:
-    """Random labelled training crops from the training rows of the slides.
-
-    A slide is drawn with probability proportional to the square root of its training area,
-    times :data:`REAL_WEIGHT` for real slides; then, with probability ``edge_p``, a crop that
-    contains a random point of a nucleus outline, else a uniformly random crop.
-    """
-
-    slides: list[LabelledSlide]
-    rng: np.random.Generator
-    size: int = CROP
-    edge_p: float = 0.6
-    trainable: list[LabelledSlide] = field(init=False)
-    weights: np.ndarray = field(init=False)
-    edges: list[np.ndarray] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.trainable = [s for s in self.slides
-                          if s.train_rows >= self.size and s.shape[1] >= self.size]
-        if not self.trainable:
-            raise SystemExit(f"train.py: no slide has a {self.size}x{self.size} training region")
-        areas = np.array([s.train_rows * s.shape[1] for s in self.trainable], np.float64)
-        boost = np.array([REAL_WEIGHT if s.source == "real" else 1.0 for s in self.trainable])
-        self.weights = np.sqrt(areas) * boost / (np.sqrt(areas) * boost).sum()
-        self.edges = [label_edges(s.mask[:s.train_rows]) for s in self.trainable]
-
-    def crop(self) -> tuple[np.ndarray, np.ndarray]:
-        """One augmented crop and its label."""
-        index = int(self.rng.choice(len(self.trainable), p=self.weights))
-        slide, edges = self.trainable[index], self.edges[index]
-        y_max, x_max = slide.train_rows - self.size, slide.shape[1] - self.size
-        if len(edges) and self.rng.random() < self.edge_p:
-            ey, ex = edges[int(self.rng.integers(len(edges)))]
-            y = int(np.clip(ey - self.rng.integers(self.size), 0, y_max))
-            x = int(np.clip(ex - self.rng.integers(self.size), 0, x_max))
-        else:
-            y, x = int(self.rng.integers(0, y_max + 1)), int(self.rng.integers(0, x_max + 1))
-        window = np.s_[y:y + self.size, x:x + self.size]
-        return augment(slide.rgb[window], slide.mask[window], self.rng)
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` crops as a normalised NCHW input and an N1HW float target."""
-        crops = [self.crop() for _ in range(n)]
-        images = np.stack([c[0] for c in crops])
-        labels = np.stack([c[1] for c in crops])[:, None]
-        return normalise(images), torch.from_numpy(labels.astype(np.float32))
-
-
-def normalise(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) pixels in 0..255 to the model's normalised NCHW float32 input."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return ((x * SCALE - mean) / std).contiguous()
 
 
 # --------------------------------------------------------------------------- model
@@ -370,221 +230,7 @@ def build_model() -> nn.Sequential:
     )
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice over the batch."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits)
-    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-    return bce + dice
-
-
-def warmup_cosine(total: int, warmup_fraction: float = 0.1) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, then cosine decay to zero at step ``total``."""
-    warmup = max(1, round(total * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    return factor
-
-
-def train(
-    model: nn.Module, sampler: CropSampler, *, epochs: int, steps_per_epoch: int,
-    batch_size: int, lr: float,
-) -> list[float]:
-    """Adam with linear warm-up and cosine decay of the learning rate; returns the mean loss of every epoch."""
-    model.train()
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    total = epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(total))
-    history = []
-    for epoch in range(epochs):
-        start, losses = time.perf_counter(), []
-        for _ in range(steps_per_epoch):
-            x, y = sampler.batch(batch_size)
-            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-        print(f"  epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f} "
-              f"({time.perf_counter() - start:.0f} s)")
-    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    model.eval()
-    return history
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def tiles(length: int, tile: int) -> Iterator[tuple[int, int]]:
-    """``[start, stop)`` intervals covering ``range(length)``."""
-    for start in range(0, length, tile):
-        yield start, min(start + tile, length)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, rgb: np.ndarray, tile: int = EVAL_TILE) -> np.ndarray:
-    """Logits for a whole image, tile by tile with :data:`RECEPTIVE_MARGIN` context: the same
-    result as one pass over the whole image, in bounded memory."""
-    h, w = rgb.shape[:2]
-    m = RECEPTIVE_MARGIN
-    out = np.empty((h, w), np.float32)
-    for y0, y1 in tiles(h, tile):
-        for x0, x1 in tiles(w, tile):
-            cy0, cx0 = max(0, y0 - m), max(0, x0 - m)
-            cy1, cx1 = min(h, y1 + m), min(w, x1 + m)
-            logits = model(normalise(rgb[None, cy0:cy1, cx0:cx1]))[0, 0].numpy()
-            out[y0:y1, x0:x1] = logits[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-    return out
-
-
-@dataclass(frozen=True)
-class Score:
-    """Overlap between a predicted and a reference mask."""
-
-    intersection: int
-    predicted: int
-    reference: int
-
-    @property
-    def dice(self) -> float:
-        total = self.predicted + self.reference
-        return 2 * self.intersection / total if total else 1.0
-
-    @property
-    def iou(self) -> float:
-        union = self.predicted + self.reference - self.intersection
-        return self.intersection / union if union else 1.0
-
-    def __add__(self, other: Score) -> Score:
-        return Score(self.intersection + other.intersection,
-                     self.predicted + other.predicted, self.reference + other.reference)
-
-    @classmethod
-    def of(cls, predicted: np.ndarray, reference: np.ndarray) -> Score:
-        return cls(int((predicted & reference).sum()), int(predicted.sum()), int(reference.sum()))
-
-
-def evaluate(model: nn.Module, slides: Sequence[LabelledSlide]) -> dict[str, Any]:
-    """Dice and IoU of the thresholded model (logit > 0) on every slide's held-out rows.
-
-    The first held-out rows get the rows above them as context, as they would in a whole-slide
-    run; only held-out pixels are scored.
-    """
-    per_slide: dict[str, dict[str, Any]] = {}
-    overall = Score(0, 0, 0)
-    for slide in slides:
-        top = max(0, slide.train_rows - RECEPTIVE_MARGIN)
-        logits = predict_logits(model, slide.rgb[top:])[slide.train_rows - top:]
-        reference = slide.mask[slide.train_rows:]
-        score = Score.of(logits > 0, reference)
-        overall += score
-        per_slide[slide.name] = {
-            "dice": round(score.dice, 4), "iou": round(score.iou, 4),
-            "pixels": int(reference.size), "nuclei_fraction": round(float(reference.mean()), 4),
-            "held_out": "whole slide" if slide.train_rows == 0 else
-            f"bottom {slide.shape[0] - slide.train_rows} of {slide.shape[0]} rows",
-        }
-    return {"overall": {"dice": round(overall.dice, 4), "iou": round(overall.iou, 4)},
-            "per_slide": per_slide}
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    """ONNX opset 17 with dynamic N, H, W; input ``input``, output ``logits`` (no sigmoid)."""
-    dummy = torch.zeros(1, 3, 64, 64)
-    axes = {0: "N", 2: "H", 3: "W"}
-    torch.onnx.export(
-        model, (dummy,), str(path), opset_version=17, input_names=["input"],
-        output_names=["logits"], dynamic_axes={"input": axes, "logits": axes}, dynamo=False,
-    )
-
-
-def export_torchscript(model: nn.Module, path: Path) -> None:
-    """A traced module saved with ``torch.jit.save`` (loadable without this file).
-
-    Traced rather than scripted: a scripted ``nn.Conv2d`` lists its constants in set order,
-    which depends on Python's hash seed, so the scripted file (and its sha256) would change
-    from run to run; the traced file is byte-for-byte reproducible (for the same script, torch
-    and install paths: TorchScript stores debug stack traces).  The network has no
-    shape-dependent control flow, so the trace is valid for any N, H, W (checked by
-    :func:`verify_exports`).  Deterministic algorithms are switched off while tracing, else
-    the flag would be baked into every traced convolution.
-    """
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(False)
-    try:
-        with torch.no_grad():
-            traced = torch.jit.trace(model, torch.zeros(1, 3, 64, 64))
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-    torch.jit.save(traced, str(path))
-
-
-def verify_exports(onnx_path: Path, torchscript_path: Path, seed: int) -> float:
-    """Check that both files load, agree on an odd-sized input and accept any H, W.
-
-    Returns the largest difference between ONNX Runtime and TorchScript logits.
-    """
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    scripted = torch.jit.load(str(torchscript_path))
-    rng = np.random.default_rng(seed)
-    worst = 0.0
-    for shape in [(1, 3, 300, 257), (2, 3, 31, 1000), (1, 3, 1, 1), (3, 3, 129, 64)]:
-        x = normalise(rng.uniform(0, 255, (shape[0], shape[2], shape[3], 3)))
-        (onnx_out,) = session.run(["logits"], {"input": x.numpy()})
-        with torch.no_grad():
-            ts_out = scripted(x).numpy()
-        if onnx_out.shape != (shape[0], 1, shape[2], shape[3]) or ts_out.shape != onnx_out.shape:
-            raise RuntimeError(f"export check: input {shape} gave {onnx_out.shape}, {ts_out.shape}")
-        worst = max(worst, float(np.abs(onnx_out - ts_out).max()))
-    if worst >= EXPORT_TOLERANCE:
-        raise RuntimeError(f"export check: ONNX and TorchScript differ by {worst:.2e}")
-    return worst
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- card and README
-
-
-def model_card(onnx_path: Path, torchscript_path: Path) -> dict[str, Any]:
-    """The model card, in the format of ``wsi_infer/schemas/model-card.schema.json``."""
-    return {
-        "schema_version": 1,
-        "name": NAME,
-        "version": VERSION,
-        "task": "segmentation",
-        "description": CARD_DESCRIPTION,
-        "weights": [
-            {"format": "onnx", "file": onnx_path.name, "sha256": sha256(onnx_path)},
-            {"format": "torchscript", "file": torchscript_path.name,
-             "sha256": sha256(torchscript_path)},
-        ],
-        "input": {"layout": "NCHW", "channel_order": "RGB", "size": None, "size_multiple": 1,
-                  "tile_size": 512, "scale": SCALE, "mean": list(MEAN), "std": list(STD)},
-        "mpp": MPP,
-        "receptive_margin": RECEPTIVE_MARGIN,
-        "output": {"classes": [{"name": "nuclei", "color": "#7b2cbf"}],
-                   "activation": "sigmoid", "stride": 1},
-        "license": "Apache-2.0",
-        "citation": f"wsi-infer built-in nuclei model v{VERSION}, trained with "
-                    "models/nuclei/train.py",
-    }
+# --------------------------------------------------------------------------- README
 
 
 def render_readme(report: dict[str, Any], card: dict[str, Any]) -> str:
@@ -596,9 +242,8 @@ def render_readme(report: dict[str, Any], card: dict[str, Any]) -> str:
         for name, s in metrics["per_slide"].items()
     )
     overall = metrics["overall"]
-    weights = "\n".join(f"| `{w['file']}` | {w['format']} | `{w['sha256']}` |"
-                        for w in card["weights"])
-    slides = "\n".join(f"  - `{s}`" for s in report["slides"])
+    weights = weights_table(card)
+    slides = slide_list(report)
     return f"""# `nuclei` — wsi-infer's built-in nuclei model (v{VERSION})
 
 {CARD_DESCRIPTION}
@@ -720,7 +365,7 @@ From the repository root, with wsi-infer, torch, onnxruntime and scikit-image in
 
 Training is deterministic for a given seed, torch version and thread count (`--threads`):
 two runs give the same weights and a byte-identical `nuclei.onnx`. `nuclei.pt` is
-byte-identical too as long as `train.py`, torch and the install paths are unchanged
+byte-identical too as long as `train.py`, `models/_training.py`, torch and the install paths are unchanged
 (TorchScript stores debug stack traces with file paths and line numbers; the file is traced,
 not scripted, because scripted modules also depend on Python's hash seed). The files written
 are `nuclei.onnx`, `nuclei.pt`, `card.json`, `metrics.json` and this README; only the timings
@@ -732,29 +377,10 @@ in the README and `metrics.json` change between runs.
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--slides", nargs="+", default=list(DEFAULT_SLIDES),
-                        help="real slides (paths or globs) to train on, besides synthetic ones")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="folder for the weights, card and README")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--steps-per-epoch", type=int, default=70)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--no-synthetic", action="store_true",
-                        help="train on the real slides only")
+    """The command line, with this model's defaults."""
+    parser = build_parser(__doc__.split("\n\n")[0], default_slides=DEFAULT_SLIDES,
+                          default_out=Path(__file__).resolve().parent, steps_per_epoch=70)
     return parser.parse_args(argv)
-
-
-def seed_everything(seed: int, threads: int) -> np.random.Generator:
-    """Make the run repeatable: seeded torch, deterministic kernels, a fixed thread count."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
-    return np.random.default_rng(seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -765,35 +391,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = seed_everything(args.seed, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     real = expand_slide_paths(args.slides)
-
-    with tempfile.TemporaryDirectory(prefix="wsi-infer-nuclei-") as tmp:
-        synthetic: list[Path] = []
-        if not args.no_synthetic:
-            print(f"rendering {len(SYNTHETIC_SPECS)} synthetic slides ...")
-            synthetic = make_synthetic_slides(Path(tmp), args.seed)
-        print(f"reading and labelling slides at {MPP} µm/px ...")
-        slides = load_dataset(real, synthetic, HOLDOUT_FRACTION)
+    slides = load_training_slides(
+        real, load_slide, name=NAME, mpp=MPP, seed=args.seed, synthetic_specs=SYNTHETIC_SPECS,
+        synthetic_size=SYNTHETIC_SIZE, holdout_fraction=HOLDOUT_FRACTION,
+        with_synthetic=not args.no_synthetic,
+    )
 
     model = build_model()
     parameters = sum(p.numel() for p in model.parameters())
     print(f"training ({parameters} parameters) ...")
     train_start = time.perf_counter()
-    history = train(model, CropSampler(slides, rng), epochs=args.epochs,
-                    steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr)
+    sampler = CropSampler(slides, rng, augment, size=CROP, edge_p=0.6, real_weight=REAL_WEIGHT)
+    history = train(model, sampler, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                    batch_size=args.batch_size, lr=args.lr)
     train_seconds = time.perf_counter() - train_start
 
     print("evaluating on held-out pixels ...")
-    metrics = evaluate(model, slides)
+    metrics = evaluate(model, slides, margin=RECEPTIVE_MARGIN, class_name=NAME)
     print(json.dumps(metrics, indent=2))
 
-    onnx_path, torchscript_path = args.out / f"{NAME}.onnx", args.out / f"{NAME}.pt"
-    export_onnx(model, onnx_path)
-    export_torchscript(model, torchscript_path)
-    max_diff = verify_exports(onnx_path, torchscript_path, args.seed)
-    print(f"exports agree (max |ONNX - TorchScript| = {max_diff:.1e})")
-
-    card = model_card(onnx_path, torchscript_path)
-    (args.out / "card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    onnx_path, torchscript_path, max_diff = export_and_verify(
+        model, args.out, NAME, export_traced, args.seed)
+    card = model_card(onnx_path, torchscript_path, name=NAME, version=VERSION,
+                      description=CARD_DESCRIPTION, mpp=MPP, receptive_margin=RECEPTIVE_MARGIN,
+                      color="#7b2cbf")
+    write_card(args.out, card)
     report = {
         "slides": [str(p) for p in real], "parameters": parameters, "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "lr": args.lr,
@@ -802,37 +424,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), {args.threads} threads, "
+        "machine": f"{machine_description(args.threads)}, "
                    f"shared with other jobs (1-minute load average {load_start:.1f} at the start, "
                    f"{load_average():.1f} at the end)",
         "export_max_abs_diff": max_diff, "metrics": metrics,
-        "command": retrain_command(args),
+        "command": retrain_command(args, parse_args([]), NAME),
     }
-    (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "README.md").write_text(render_readme(report, card))
-    print(f"wrote {onnx_path}, {torchscript_path}, card.json, metrics.json and README.md "
-          f"in {args.out} ({report['total_seconds']:.0f} s)")
+    write_report(args.out, report, render_readme(report, card), onnx_path, torchscript_path)
     return 0
 
 
 def load_average() -> float:
     """The 1-minute load average of the machine (NaN where the OS does not tell)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
-def retrain_command(args: argparse.Namespace) -> str:
-    """The command line that reproduces this run."""
-    parts = ["python models/nuclei/train.py", "--out models/nuclei",
-             f"--epochs {args.epochs}", f"--seed {args.seed}"]
-    if list(args.slides) != list(DEFAULT_SLIDES):
-        parts.insert(1, "--slides " + " ".join(args.slides))
-    defaults = parse_args([])
-    for name in ("steps_per_epoch", "batch_size", "lr", "threads"):
-        if getattr(args, name) != getattr(defaults, name):
-            parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
-    if args.no_synthetic:
-        parts.append("--no-synthetic")
-    return " ".join(parts)
 
 
 if __name__ == "__main__":
