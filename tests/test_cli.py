@@ -137,7 +137,7 @@ def test_interrupt_stops_promptly_and_leaves_output_incomplete(sig, tmp_path, re
     path = write_pyramid(tmp_path / "big.tif", tissue_image(2400, 2400), mpp=0.5, tile=256)
     out = tmp_path / "o.zarr"
     process = subprocess.Popen([EXE, str(path), "--model", str(red_card), "--out", str(out),
-                                "--chunk-size", "128", "--tile-size", "64", "--no-tissue-mask"],
+                                "--chunk-size", "64", "--tile-size", "32", "--no-tissue-mask"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     progress = out / "wsi_infer_progress"
     deadline = time.monotonic() + 120
