@@ -400,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(args)
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C stops a run even when the parent started us with SIGINT ignored (a background job
+    # of a script): the run is then marked incomplete instead of finishing unasked.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == "run":
             return cmd_run(args, args.slide, args.out)
