@@ -140,6 +140,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--std", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("R", "G", "B"))
     b.add_argument("--receptive-margin", type=int, default=16, help="context pixels the model "
                    "needs on each side (default: 16)")
+    b.add_argument("--size-multiple", type=positive_int, default=None, help="input sides must be "
+                   "multiples of this (a U-Net's total pooling stride; default: read from the ONNX "
+                   "graph, 1 for TorchScript)")
     s = parser.add_argument_group("slide")
     s.add_argument("--mpp", type=float, default=None, help="slide microns per pixel at level 0; "
                    "overrides the metadata (needed when the slide has none)")
@@ -178,7 +181,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         mpp=args.model_mpp, classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes
         else None, activation=args.activation, layout=args.layout, scale=args.scale,
         mean=tuple(args.mean), std=tuple(args.std), receptive_margin=args.receptive_margin,
-        tile_size=args.tile_size or 512,
+        tile_size=args.tile_size or 512, size_multiple=args.size_multiple,
     )
     return RunOptions(
         model=args.model, bare_model=bare, backend=args.backend, device=args.device, batch_size=args.batch_size,

@@ -197,6 +197,7 @@ class BareModel:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     receptive_margin: int = 16
     tile_size: int = 512
+    size_multiple: int | None = None  # None: read from the ONNX graph (1 for TorchScript)
 
 
 BARE_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}
@@ -228,9 +229,11 @@ def card_for_bare_model(path: Path, bare: BareModel) -> ModelCard:
     fmt: WeightsFormat = BARE_SUFFIXES[path.suffix.lower()]  # type: ignore[assignment]
     if bare.mpp is None:
         raise ModelError(f"{path}: a bare model needs the mpp it was trained at: pass --model-mpp")
-    layout, size, classes = (_inspect_onnx(path) if fmt == "onnx"
-                             else (bare.layout or "NCHW", None, len(bare.classes or ("class",))))
+    layout, size, classes, multiple = (
+        _inspect_onnx(path) if fmt == "onnx"
+        else (bare.layout or "NCHW", None, len(bare.classes or ("class",)), 1))
     layout = bare.layout or layout
+    multiple = bare.size_multiple or multiple
     names = bare.classes or tuple(f"class{i}" for i in range(classes))
     if len(names) != classes:
         raise ModelError(f"{path}: the model has {classes} output channels but --classes names "
@@ -240,7 +243,7 @@ def card_for_bare_model(path: Path, bare: BareModel) -> ModelCard:
         "task": "segmentation", "description": f"bare model file {path.name}",
         "weights": [{"format": fmt, "file": path.name, "sha256": sha256_of(path)}],
         "input": {"layout": layout, "channel_order": "RGB", "size": list(size) if size else None,
-                  "size_multiple": 1, "tile_size": bare.tile_size, "scale": bare.scale,
+                  "size_multiple": multiple, "tile_size": bare.tile_size, "scale": bare.scale,
                   "mean": list(bare.mean), "std": list(bare.std)},
         "mpp": bare.mpp, "receptive_margin": bare.receptive_margin,
         "output": {"classes": [{"name": n} for n in names], "activation": bare.activation, "stride": 1},
@@ -249,8 +252,10 @@ def card_for_bare_model(path: Path, bare: BareModel) -> ModelCard:
     return parse_card(data, path.parent / f"{path.name}.card.json")
 
 
-def _inspect_onnx(path: Path) -> tuple[str, tuple[int, int] | None, int]:
-    """Layout, fixed input size (or None) and output channel count of an ONNX model."""
+def _inspect_onnx(path: Path) -> tuple[str, tuple[int, int] | None, int, int]:
+    """Layout, fixed input size (or None), output channel count and size multiple of an ONNX
+    model."""
+    import onnx
     import onnxruntime as ort
 
     try:
@@ -270,7 +275,39 @@ def _inspect_onnx(path: Path) -> tuple[str, tuple[int, int] | None, int]:
     size = (h, w) if isinstance(h, int) and isinstance(w, int) else None
     if not isinstance(channels, int):
         raise ModelError(f"{path}: the output channel count is not fixed in the graph ({out})")
-    return layout, size, channels
+    return layout, size, channels, onnx_size_multiple(onnx.load(str(path), load_external_data=False))
+
+
+#: Operators that divide the spatial resolution by their ``strides``.
+_DOWNSAMPLING_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "LpPool", "ConvInteger",
+                               "QLinearConv"})
+
+
+def onnx_size_multiple(model: Any) -> int:
+    """The total spatial stride of the deepest feature map of an ONNX graph: input sizes must
+    be multiples of it for the graph's pooling grid to be the same in every tile.
+
+    Strides are followed from the input through the graph: strided convolutions and pooling
+    multiply them, transposed convolutions divide them, and every other node takes the
+    largest stride of its inputs (an upsampling whose factor the graph does not state keeps
+    it, which can only overestimate the multiple: still exact, slightly more padding).
+    """
+    strides: dict[str, float] = {i.name: 1.0 for i in model.graph.input}
+    deepest = 1.0
+    for node in model.graph.node:
+        known = [strides[name] for name in node.input if name in strides]
+        if not known:
+            continue
+        stride = max(known)
+        factor = next((max(a.ints) for a in node.attribute if a.name == "strides" and a.ints), 1)
+        if node.op_type in _DOWNSAMPLING_OPS:
+            stride *= factor
+        elif node.op_type == "ConvTranspose":
+            stride /= factor
+        for name in node.output:
+            strides[name] = stride
+        deepest = max(deepest, stride)
+    return max(1, round(deepest))
 
 
 def sha256_of(path: Path) -> str:

@@ -97,7 +97,8 @@ def _tile_footprint(geometry: Geometry, tile: _Tile) -> tuple[int, int, int, int
 
 
 def _read_padded(read: RegionReader, geometry: Geometry, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Read a window, padding beyond the image with white glass (only tiny images need it)."""
+    """Read a window, padding beyond the image with white glass, as a whole-image pass pads the
+    image to the model's size multiple (and tiny images to one tile)."""
     cy1, cx1 = min(y1, geometry.height), min(x1, geometry.width)
     pixels = read(y0, cy1, x0, cx1)
     if (cy1, cx1) == (y1, x1):

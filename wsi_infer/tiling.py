@@ -4,8 +4,11 @@ Tiles lie on one global grid that depends only on the image size, never on the c
 pixel is always computed from the same tiles: tiled output equals a whole-image run.
 
 * ``crop`` (fully convolutional models): tile ``i`` owns output ``[i*stride, (i+1)*stride)``
-  and sees ``halo`` extra pixels of context on each side; its input window is shifted inward
-  at the image border (so no artificial padding enters the model).
+  and sees ``halo`` extra pixels of context on each side.  Every window starts at a multiple
+  of the model's size multiple (its total pooling stride), so the pooling grid of every tile
+  is the grid of one whole-image pass; at the image border windows are shifted inward, and
+  the last one ends where a whole-image pass ends: at the image size rounded up to the size
+  multiple, the remainder padded with glass white as that pass pads it.
 * ``blend`` (fixed input size): tiles overlap by ``2*halo`` and are blended with smooth weights.
 
 A processing chunk is ``chunk_tiles × chunk_tiles`` tiles; it is the unit Dask schedules and
@@ -31,17 +34,24 @@ class AxisTiles:
     """Tiles along one axis of an image of ``length`` pixels."""
 
     length: int
-    tile: int  # input window size (may exceed length for tiny images: padded)
+    tile: int  # input window size (may exceed length: the excess is padded)
     stride: int  # output pixels owned by each tile
     halo: int
+    align: int = 1  # window starts are multiples of this (the model's size multiple)
 
     @property
     def count(self) -> int:
         return max(1, math.ceil(self.length / self.stride))
 
+    @property
+    def padded_length(self) -> int:
+        """Where a whole-image pass ends: ``length`` rounded up to ``align``."""
+        return _round_up(self.length, self.align)
+
     def start(self, i: int) -> int:
-        """Input window start of tile ``i`` (shifted inward at the image border)."""
-        return int(min(max(i * self.stride - self.halo, 0), max(self.length - self.tile, 0)))
+        """Input window start of tile ``i`` (shifted inward at the image border, by a multiple
+        of ``align`` when ``tile`` and ``stride`` are multiples of it)."""
+        return int(min(max(i * self.stride - self.halo, 0), max(self.padded_length - self.tile, 0)))
 
     def owned(self, i: int) -> tuple[int, int]:
         """Output pixels ``[a, b)`` that tile ``i`` writes in crop mode."""
@@ -130,7 +140,8 @@ def geometry_for(
         halo = _round_up(halo, multiple)
         stride = _round_up(tile_size or card.input.tile_size, multiple)
         tile = stride + 2 * halo
-        axes = [AxisTiles(n, min(tile, _round_up(n, multiple)), stride, halo) for n in (height, width)]
+        axes = [AxisTiles(n, min(tile, _round_up(n, multiple)), stride, halo, multiple)
+                for n in (height, width)]
         mode = "crop"
     chunk_tiles = max(1, round(chunk_size / stride))
     return Geometry(y=axes[0], x=axes[1], mode=mode, chunk_tiles=chunk_tiles)
