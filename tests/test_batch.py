@@ -165,3 +165,28 @@ def test_batch_on_dask_scheduler_and_worker_processes(tmp_path: Path, red_card: 
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def _batch_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, "batch", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_unwritable_out_dir_is_an_output_error(tmp_path: Path, red_card: Path) -> None:
+    slide = write_pyramid(tmp_path / "a.tif", tissue_image(200, 300), mpp=0.5)
+    (tmp_path / "file").write_text("not a folder")
+    result = _batch_cli(str(slide), "--out-dir", str(tmp_path / "file" / "out"), "--model", str(red_card))
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr and "file/out: cannot create the output folder" in result.stderr
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        result = _batch_cli(str(slide), "--out-dir", str(locked), "--model", str(red_card))
+        assert result.returncode == 5 and "not writable" in result.stderr, result.stderr
+
+
+def test_manifest_without_slide_column_is_a_bad_input(tmp_path: Path, red_card: Path) -> None:
+    (tmp_path / "m.csv").write_text("path,mpp\na.tif,0.5\n")
+    result = _batch_cli(str(tmp_path / "m.csv"), "--out-dir", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert "m.csv: a CSV manifest needs a 'slide' column" in result.stderr
+    assert "Traceback" not in result.stderr

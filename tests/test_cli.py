@@ -153,3 +153,12 @@ def test_interrupt_stops_promptly_and_leaves_output_incomplete(sig, tmp_path, re
     assert "interrupted" in stderr
     info = zarr.open_group(str(out), mode="r").attrs["wsi_infer"]
     assert info["status"] == "failed" and "KeyboardInterrupt" in info["error"]
+
+
+def test_errors_md_holds_the_error_table() -> None:
+    """docs/errors.md lists every error class with its exit code and HTTP status, as errors.py
+    defines them (regenerate with `python -m wsi_infer.errors`)."""
+    from wsi_infer.errors import error_table
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert error_table() in docs

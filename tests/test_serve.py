@@ -22,8 +22,9 @@ from slides import tissue_image, write_pyramid
 
 from wsi_infer.errors import Cancelled
 from wsi_infer.predictor import Predictor
-from wsi_infer.serve.batcher import BatchingPredictor, QueueFull, Ticket
-from wsi_infer.serve.security import Forbidden, SlideNotFound, resolve_slide
+from wsi_infer.errors import QueueFullError, SlideForbiddenError, SlideNotFoundError
+from wsi_infer.serve.batcher import BatchingPredictor, Ticket
+from wsi_infer.serve.security import resolve_slide
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -111,7 +112,7 @@ def test_batcher_queue_is_bounded_and_cancel_drops_queued_tiles() -> None:
     b = batcher(stub, max_batch=64, max_wait_ms=10_000, max_queue=3)
     ticket = Ticket()
     futures = b.submit(tiles(1.0, 2.0), ticket)
-    with pytest.raises(QueueFull) as full:
+    with pytest.raises(QueueFullError) as full:
         b.submit(tiles(3.0, 4.0))
     assert full.value.retry_after_s >= 1 and b.depth == 2
     assert b.cancel(ticket) == 2 and b.depth == 0
@@ -136,9 +137,9 @@ def test_slide_paths_stay_under_the_root(tmp_path: Path) -> None:
     for bad in ["../secret.svs", "cases/../../secret.svs", str(tmp_path / "secret.svs"),
                 "link-out.svs", "dir-out/secret.svs", "cases\\..\\..\\secret.svs",
                 "C:/secret.svs", "a\x00.svs", ""]:
-        with pytest.raises(Forbidden):
+        with pytest.raises(SlideForbiddenError):
             resolve_slide(real, bad)
-    with pytest.raises(SlideNotFound):
+    with pytest.raises(SlideNotFoundError):
         resolve_slide(real, "cases/missing.svs")
 
 

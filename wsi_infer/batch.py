@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import WsiInferError
+from .errors import InputListError, OutputError, WsiInferError
 from .output import STATUS_SKIPPED
 from .pipeline import RunOptions, run_slide
 from .provenance import now
@@ -98,7 +98,7 @@ def collect_items(inputs: Iterable[Path], pattern: str = "*") -> list[BatchItem]
     names = [item.name for item in items]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise WsiInferError(f"several slides would write the same output: {', '.join(duplicates)}; "
+        raise InputListError(f"several slides would write the same output: {', '.join(duplicates)}; "
                             "give them distinct names in a CSV manifest's output column")
     return items
 
@@ -124,22 +124,22 @@ def read_csv_manifest(path: Path) -> list[BatchItem]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "slide" not in reader.fieldnames:
-            raise WsiInferError(f"{path}: a CSV manifest needs a 'slide' column "
+            raise InputListError(f"{path}: a CSV manifest needs a 'slide' column "
                                 f"(found: {reader.fieldnames})")
         for line, row in enumerate(reader, start=2):
             slide = (row.get("slide") or "").strip()
             if not slide:
-                raise WsiInferError(f"{path}:{line}: empty slide path")
+                raise InputListError(f"{path}:{line}: empty slide path")
             mpp_text = (row.get("mpp") or "").strip()
             try:
                 mpp = float(mpp_text) if mpp_text else None
             except ValueError:
-                raise WsiInferError(f"{path}:{line}: mpp {mpp_text!r} is not a number") from None
+                raise InputListError(f"{path}:{line}: mpp {mpp_text!r} is not a number") from None
             if mpp is not None and not (0 < mpp < 1000):
-                raise WsiInferError(f"{path}:{line}: mpp {mpp_text!r} must be positive")
+                raise InputListError(f"{path}:{line}: mpp {mpp_text!r} must be positive")
             output = (row.get("output") or "").strip() or None
             if output is not None and (os.sep in output or output.startswith(".")):
-                raise WsiInferError(f"{path}:{line}: output {output!r} must be a plain name")
+                raise InputListError(f"{path}:{line}: output {output!r} must be a plain name")
             items.append(BatchItem(_relative_to(path, slide), mpp, output))
     return items
 
@@ -156,7 +156,7 @@ def run_batch(items: list[BatchItem], out_dir: Path, options: RunOptions, *,
     Outputs that are already complete with the same model and parameters are skipped; partial
     ones are resumed chunk by chunk (unless ``options.overwrite``).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir)
     report = BatchReport(started=now(), options=asdict(options))
     report.slides = [SlideRecord(str(item.slide), str(out_dir / f"{item.name}.zarr")) for item in items]
     write_manifest(out_dir, report)
@@ -184,12 +184,25 @@ def run_batch(items: list[BatchItem], out_dir: Path, options: RunOptions, *,
     return report
 
 
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create the output folder; an :class:`OutputError` naming it if it cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out_dir}: cannot create the output folder: {exc}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir}: the output folder is not writable")
+
+
 def write_manifest(out_dir: Path, report: BatchReport) -> Path:
     """Write the run manifest atomically (temporary file, then rename)."""
     path = out_dir / MANIFEST_NAME
     data = {"started": report.started, "finished": report.finished, "counts": report.counts(),
             "options": report.options, "slides": [asdict(s) for s in report.slides]}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the run manifest: {exc}") from exc
     return path

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .backends import BACKENDS, available_devices
-from .errors import WsiInferError
+from .errors import OutputError, WsiInferError
 from .models import DEFAULT_MODEL, BareModel, builtin_models, load_card
 from .output import OutputDtype
 from .pipeline import RunOptions, run_slide, summary_dict
@@ -332,6 +332,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         EXIT_SOME_FAILED,
         LOG_NAME,
         collect_items,
+        prepare_out_dir,
         run_batch,
     )
 
@@ -339,8 +340,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not items:
         log.error("error: no slides found in %s", " ".join(map(str, args.inputs)))
         return EXIT_NO_INPUT
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(args.out_dir / LOG_NAME)
+    prepare_out_dir(args.out_dir)
+    try:
+        file_handler = logging.FileHandler(args.out_dir / LOG_NAME)
+    except OSError as exc:
+        raise OutputError(f"{args.out_dir / LOG_NAME}: cannot write the batch log: {exc}") from exc
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     options = run_options(args)

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .errors import RegionError
 from .models import ClassInfo, resolve_model
 from .pipeline import RunOptions, _cached_predictor, _cached_slide, plan_slide
 from .readers import Mpp
@@ -79,7 +80,7 @@ def output_rectangle(plan: LevelPlan, mpp: Mpp, x: int, y: int, width: int,
     x1 = min(plan.width, math.ceil((x + width) * mpp.x / plan.mpp_x))
     y1 = min(plan.height, math.ceil((y + height) * mpp.y / plan.mpp_y))
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"region x={x} y={y} {width}x{height} lies outside the slide")
+        raise RegionError(f"region x={x} y={y} {width}x{height} lies outside the slide")
     return x0, y0, x1, y1
 
 

@@ -37,7 +37,7 @@ def open_slide(path: str | os.PathLike[str], reader: ReaderName = "auto") -> Sli
     if reader != "auto":
         if reader not in READERS:
             raise SlideOpenError(f"{path}: unknown reader {reader!r}; choose from {sorted(READERS)}")
-        return READERS[reader](path)
+        return _open_with(reader, path)
     try:
         flavour = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError:
@@ -47,10 +47,39 @@ def open_slide(path: str | os.PathLike[str], reader: ReaderName = "auto") -> Sli
     errors = []
     for name in order:
         try:
-            return READERS[name](path)
+            return _open_with(name, path)
         except SlideOpenError as exc:
             errors.append(str(exc))
     raise SlideOpenError(f"{path}: not a slide that wsi-infer can read. " + " | ".join(errors))
+
+
+def _open_with(name: str, path: Path) -> SlideReader:
+    """Open ``path`` with reader ``name`` and check its pyramid: any failure to parse the file
+    (a damaged header makes libraries fail in any way) is a :class:`SlideOpenError`."""
+    try:
+        slide = READERS[name](path)
+    except SlideOpenError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise SlideOpenError(f"{path}: {name} cannot parse it: {type(exc).__name__}: {exc}") from exc
+    try:
+        _check_pyramid(slide)
+    except BaseException:
+        slide.close()
+        raise
+    return slide
+
+
+def _check_pyramid(slide: SlideReader) -> None:
+    try:
+        dimensions, downsamples = slide.level_dimensions, slide.level_downsamples
+    except Exception as exc:  # noqa: BLE001 - metadata of a damaged file
+        raise SlideOpenError(f"{slide.path}: corrupt pyramid metadata: {type(exc).__name__}: "
+                             f"{exc}") from exc
+    if not dimensions or any(w <= 0 or h <= 0 for w, h in dimensions):
+        raise SlideOpenError(f"{slide.path}: corrupt pyramid: level sizes {list(dimensions)}")
+    if len(downsamples) != len(dimensions) or not all(0 < d < float("inf") for d in downsamples):
+        raise SlideOpenError(f"{slide.path}: corrupt pyramid: downsamples {list(downsamples)}")
 
 
 def _check_file(path: Path) -> None:

@@ -51,8 +51,10 @@ def check_tiff_integrity(path: Path) -> None:
                     raise SlideOpenError(
                         f"{path}: the file is truncated or corrupt: image data of page {index} "
                         f"ends at byte {end} but the file has {size} bytes")
-    except tifffile.TiffFileError as exc:
-        raise SlideOpenError(f"{path}: corrupt TIFF structure: {exc}") from exc
+    except SlideOpenError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged header makes tifffile fail in any way
+        raise SlideOpenError(f"{path}: corrupt TIFF structure: {type(exc).__name__}: {exc}") from exc
     finally:
         logger.removeHandler(collect)
     broken = [m for m in collect.messages if "invalid" in m.lower() or "corrupt" in m.lower()]

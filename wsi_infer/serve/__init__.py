@@ -10,7 +10,7 @@
 Importing this package needs neither FastAPI nor uvicorn (the ``serve`` extra); the service does.
 """
 
-from .batcher import BatchingPredictor, QueueFull, Ticket
+from .batcher import BatchingPredictor, Ticket
 from .cli import add_serve_parser, cmd_serve
 
-__all__ = ["BatchingPredictor", "QueueFull", "Ticket", "add_serve_parser", "cmd_serve"]
+__all__ = ["BatchingPredictor", "Ticket", "add_serve_parser", "cmd_serve"]

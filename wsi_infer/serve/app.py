@@ -19,14 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import Cancelled, MissingMppError, ModelError, SlideError
+from ..errors import (
+    Cancelled,
+    MissingMppError,
+    ModelError,
+    QueueFullError,
+    UnknownModelError,
+    WsiInferError,
+)
 from ..pipeline import MAX_SLIDE_SIDE
-from .batcher import QueueFull, Ticket
+from .batcher import Ticket
 from .encode import MEDIA_TYPES, AnswerDtype, AnswerFormat, answer_headers, encode_answer
 from .metrics import CONTENT_TYPE
-from .regions import RegionTooLarge, predict_served_region
-from .security import Forbidden, SlideNotFound, resolve_slide, scrub, token_matches
-from .service import Service, UnknownModel
+from .regions import predict_served_region
+from .security import resolve_slide, scrub, token_matches
+from .service import Service
 
 log = logging.getLogger("wsi_infer.serve")
 
@@ -273,25 +280,18 @@ def _validation_message(errors: Any) -> tuple[int, str, None, list[dict[str, Any
 
 
 def error_status(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
-    """HTTP status, message and headers for an exception raised while answering."""
-    if isinstance(exc, QueueFull):
-        return 503, str(exc), {"Retry-After": str(int(exc.retry_after_s))}
+    """HTTP status, message and headers for an exception raised while answering: each of our
+    errors carries its status (``wsi_infer.errors``); anything else is a 500."""
+    if isinstance(exc, QueueFullError):
+        return exc.http_status, str(exc), {"Retry-After": str(int(exc.retry_after_s))}
     if isinstance(exc, Cancelled):
-        return 499, "client closed the request; its queued tiles were dropped", None
-    if isinstance(exc, Forbidden):
-        return 403, str(exc), None
-    if isinstance(exc, (SlideNotFound, UnknownModel)):
-        return 404, str(exc), None
-    if isinstance(exc, RegionTooLarge):
-        return 413, str(exc), None
+        return exc.http_status, "client closed the request; its queued tiles were dropped", None
     if isinstance(exc, MissingMppError):
-        return 422, f"{exc} (in a request: give \"mpp\")", None
-    if isinstance(exc, SlideError):
-        return 422, str(exc), None
-    if isinstance(exc, ModelError):
-        return 500, f"the model failed: {exc}", None
-    if isinstance(exc, ValueError):
-        return 400, str(exc), None
+        return exc.http_status, f"{exc} (in a request: give \"mpp\")", None
+    if isinstance(exc, ModelError) and not isinstance(exc, UnknownModelError):
+        return exc.http_status, f"the model failed: {exc}", None
+    if isinstance(exc, WsiInferError):
+        return exc.http_status, str(exc), None
     return 500, f"internal error ({type(exc).__name__}); see the service log", None
 
 

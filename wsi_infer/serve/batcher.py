@@ -25,19 +25,10 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import Cancelled
+from ..errors import Cancelled, QueueFullError
 from ..predictor import Predictor
 
 log = logging.getLogger("wsi_infer.serve")
-
-
-class QueueFull(RuntimeError):
-    """The queue cannot take the tiles now; retry after ``retry_after_s`` seconds."""
-
-    def __init__(self, wanted: int, depth: int, capacity: int, retry_after_s: float) -> None:
-        super().__init__(f"the inference queue is full ({depth} of {capacity} tiles queued, "
-                         f"{wanted} more asked for); retry in {retry_after_s:.0f} s")
-        self.retry_after_s = retry_after_s
 
 
 class BatchObserver(Protocol):
@@ -81,7 +72,7 @@ class BatchingPredictor:
 
     ``max_batch`` tiles at most per model call; a batch waits at most ``max_wait_ms`` for its
     oldest tile's companions (0: run whatever is queued at once); at most ``max_queue`` tiles
-    wait at a time (more raise :class:`QueueFull`).
+    wait at a time (more raise :class:`~wsi_infer.errors.QueueFullError`).
     """
 
     def __init__(self, predictor: Predictor, *, max_batch: int = 16, max_wait_ms: float = 5.0,
@@ -122,7 +113,7 @@ class BatchingPredictor:
         """``(N, H, W, 3)`` RGB tiles → ``(N, classes, H, W)`` float32, like
         :meth:`Predictor.predict`; blocks until every tile has run in some batch.
 
-        Raises :class:`QueueFull` when the tiles do not fit in the queue (none is queued then)
+        Raises :class:`~wsi_infer.errors.QueueFullError` when the tiles do not fit in the queue (none is queued then)
         and :class:`~wsi_infer.errors.Cancelled` when ``ticket`` is or gets cancelled.
         """
         futures = self.submit(tiles, ticket)
@@ -155,7 +146,9 @@ class BatchingPredictor:
                 retry = self._retry_after_s(n)
                 if self._observer is not None:
                     self._observer.rejected(n)
-                raise QueueFull(n, self._depth, self.max_queue, retry)
+                raise QueueFullError(
+                    f"the inference queue is full ({self._depth} of {self.max_queue} tiles "
+                    f"queued, {n} more asked for); retry in {retry:.0f} s", retry)
             queue = self._queues.setdefault(tuple(tiles.shape[1:]), deque())
             futures: list[Future[np.ndarray]] = []
             for tile in tiles:

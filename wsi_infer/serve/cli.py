@@ -11,19 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS
-from ..errors import SlideError, WsiInferError
+from ..errors import ServeSetupError, SlideError
 from ..models import DEFAULT_MODEL
 from .regions import DEFAULT_MAX_REGION_PIXELS
 
 log = logging.getLogger("wsi_infer")
 
 TOKEN_ENV = "WSI_INFER_TOKEN"
-
-
-class ServeSetupError(WsiInferError):
-    """The service cannot start (missing extra, bad option)."""
-
-    exit_code = 2
 
 
 def add_serve_parser(sub: Any) -> argparse.ArgumentParser:

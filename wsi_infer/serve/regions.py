@@ -12,6 +12,7 @@ from typing import cast
 import numpy as np
 
 from ..backends import BackendName, create_backend
+from ..errors import RegionTooLargeError
 from ..models import ModelCard, resolve_model
 from ..pipeline import _cached_slide, plan_slide
 from ..predictor import Predictor
@@ -22,10 +23,6 @@ from .batcher import BatchingPredictor, Ticket
 
 #: Output pixels one request may ask for by default (2048 x 2048 at the model's resolution).
 DEFAULT_MAX_REGION_PIXELS = 2048 * 2048
-
-
-class RegionTooLarge(ValueError):
-    """The region needs more output pixels than the service allows (HTTP 413)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,7 @@ def predict_served_region(
     wanted_w = math.ceil(width * slide_mpp.x / plan.mpp_x)
     wanted_h = math.ceil(height * slide_mpp.y / plan.mpp_y)
     if max_output_pixels is not None and wanted_w * wanted_h > max_output_pixels:
-        raise RegionTooLarge(
+        raise RegionTooLargeError(
             f"the region is {wanted_w} x {wanted_h} = {wanted_w * wanted_h} px at the model's "
             f"{plan.mpp_x:.4g} µm/px; this service allows at most {max_output_pixels} px per "
             "request: ask for smaller regions")

@@ -6,41 +6,35 @@ import hmac
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-
-class Forbidden(PermissionError):
-    """The path points outside the slides root (HTTP 403)."""
-
-
-class SlideNotFound(FileNotFoundError):
-    """No slide file at that path under the root (HTTP 404)."""
+from ..errors import SlideForbiddenError, SlideNotFoundError
 
 
 def resolve_slide(root: Path, name: str) -> Path:
     """The real path of slide ``name`` (relative, ``/``-separated) under ``root``.
 
-    Refused with :class:`Forbidden`: absolute paths (POSIX or Windows style), ``..``
+    Refused with :class:`~wsi_infer.errors.SlideForbiddenError`: absolute paths (POSIX or Windows style), ``..``
     components, backslashes, NUL bytes, and anything whose real path (after following
-    symlinks) is not inside the real ``root``.  :class:`SlideNotFound` when nothing is there.
+    symlinks) is not inside the real ``root``.  :class:`~wsi_infer.errors.SlideNotFoundError` when nothing is there.
     ``root`` must already be resolved.
     """
     if not name or "\x00" in name or "\\" in name:
-        raise Forbidden(f"invalid slide path {name!r}: use a relative path with '/' separators")
+        raise SlideForbiddenError(f"invalid slide path {name!r}: use a relative path with '/' separators")
     posix = PurePosixPath(name)
     if posix.is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
-        raise Forbidden(f"slide path {name!r} is absolute; give it relative to the slides root")
+        raise SlideForbiddenError(f"slide path {name!r} is absolute; give it relative to the slides root")
     if ".." in posix.parts:
-        raise Forbidden(f"slide path {name!r} contains '..'; it must stay inside the slides root")
+        raise SlideForbiddenError(f"slide path {name!r} contains '..'; it must stay inside the slides root")
     candidate = root.joinpath(*posix.parts)
     try:
         real = candidate.resolve(strict=True)
     except FileNotFoundError as exc:
-        raise SlideNotFound(f"no slide {name!r} under the slides root") from exc
+        raise SlideNotFoundError(f"no slide {name!r} under the slides root") from exc
     except (OSError, RuntimeError) as exc:  # symlink loops, permissions
-        raise Forbidden(f"slide path {name!r} cannot be resolved: {exc.__class__.__name__}") from exc
+        raise SlideForbiddenError(f"slide path {name!r} cannot be resolved: {exc.__class__.__name__}") from exc
     if real != root and root not in real.parents:
-        raise Forbidden(f"slide path {name!r} leads outside the slides root")
+        raise SlideForbiddenError(f"slide path {name!r} leads outside the slides root")
     if not (real.is_file() or real.is_dir()):  # DICOM slides are folders
-        raise SlideNotFound(f"{name!r} is not a slide file")
+        raise SlideNotFoundError(f"{name!r} is not a slide file")
     return real
 
 

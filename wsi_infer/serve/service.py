@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backends import BackendName
-from ..errors import ModelError
+from ..errors import ModelError, UnknownModelError
 from ..models import DEFAULT_MODEL
 from .batcher import BatchingPredictor
 from .metrics import ServeMetrics
@@ -35,13 +35,6 @@ class ServeConfig:
     tiling: Tiling = field(default_factory=Tiling)
     #: Threads that read, stitch and encode regions (each waits on the batcher meanwhile).
     request_threads: int = 32
-
-
-class UnknownModel(KeyError):
-    """The request names a model this service has not loaded (HTTP 404)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Service:
@@ -87,7 +80,7 @@ class Service:
         for loaded in self.models.values():
             if name == loaded.spec:
                 return loaded
-        raise UnknownModel(f"unknown model {name!r}; this service has loaded: "
+        raise UnknownModelError(f"unknown model {name!r}; this service has loaded: "
                            f"{', '.join(self.models)}")
 
     def close(self) -> None:
