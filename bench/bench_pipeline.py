@@ -38,37 +38,19 @@ def _peak_rss_mb() -> float:
 
 
 def _plan(slide_path: str, options):  # type: ignore[no-untyped-def]
+    """The run's own plan (wsi_infer.plan.plan_run, with its tissue mask), the slide, the
+    chunks it computes and the tiles it runs."""
     from wsi_infer.models import resolve_model
-    from wsi_infer.pipeline import ChunkJob, _chunk_has_tissue
+    from wsi_infer.plan import plan_run
     from wsi_infer.readers import open_slide
-    from wsi_infer.resolution import plan_level
-    from wsi_infer.tiling import geometry_for
     from wsi_infer.tissue import detect_tissue
 
     card = resolve_model(options.model)
     slide = open_slide(slide_path)
-    assert slide.mpp is not None
-    plan = plan_level(slide, slide.mpp, card.mpp)
-    geometry = geometry_for(card, plan.height, plan.width, chunk_size=options.chunk_size)
-    tissue = detect_tissue(slide, slide.mpp)
-    job = ChunkJob(slide_path, "auto", plan, geometry, card, options.backend, options.device,
-                   options.threads, False, options.batch_size or 1, tissue, "", "uint8")
-    chunks = [c for c in geometry.chunks() if _chunk_has_tissue(job, *c)]
-    return card, slide, plan, geometry, job, chunks, _tiles_with_tissue(geometry, plan, tissue, chunks)
-
-
-def _tiles_with_tissue(geometry, plan, tissue, chunks) -> int:  # type: ignore[no-untyped-def]
-    """The tiles the pipeline runs: those of tissue chunks whose footprint holds tissue."""
-    from wsi_infer.stitching import _Tile, _tile_footprint
-
-    count = 0
-    for cy, cx in chunks:
-        y0, y1, x0, x1 = geometry.chunk_region(cy, cx)
-        for iy in geometry.tiles_touching(geometry.y, y0, y1):
-            for ix in geometry.tiles_touching(geometry.x, x0, x1):
-                ty0, ty1, tx0, tx1 = _tile_footprint(geometry, _Tile(iy, ix, geometry.y.start(iy), geometry.x.start(ix)))
-                count += tissue.any_in(tx0 * plan.mpp_x, ty0 * plan.mpp_y, tx1 * plan.mpp_x, ty1 * plan.mpp_y)
-    return count
+    plan = plan_run(slide, card, options)
+    plan = plan.with_tissue(detect_tissue(slide, plan.mpp))
+    chunks = plan.chunks()
+    return plan, slide, chunks, plan.tiles_to_run(chunks)
 
 
 def phase_read(args: argparse.Namespace) -> dict[str, float]:
@@ -76,17 +58,14 @@ def phase_read(args: argparse.Namespace) -> dict[str, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     from wsi_infer.pipeline import RunOptions
-    from wsi_infer.resolution import read_target
 
     options = RunOptions(model=args.model, chunk_size=args.chunk_size)
-    _, slide, plan, geometry, _, chunks, tiles = _plan(args.slide, options)
+    plan, slide, chunks, tiles = _plan(args.slide, options)
+    geometry = plan.geometry
 
     def read(chunk: tuple[int, int]) -> int:
-        y0, y1, x0, x1 = geometry.chunk_region(*chunk)
-        h = geometry.y.halo
-        window = read_target(slide, plan, max(0, x0 - h), max(0, y0 - h), min(plan.width, x1 + h),
-                             min(plan.height, y1 + h))
-        return window.size
+        window = geometry.chunk_region(*chunk).grown(geometry.y.halo)
+        return plan.read(slide, window.clipped(geometry.width, geometry.height)).size
 
     t0, c0 = time.perf_counter(), _cpu()
     with ThreadPoolExecutor(args.workers) as pool:
@@ -96,12 +75,14 @@ def phase_read(args: argparse.Namespace) -> dict[str, float]:
 
 def phase_compute(args: argparse.Namespace) -> dict[str, float]:
     """The model over the same number of tiles, held in memory, at the chosen batch size."""
-    from wsi_infer.pipeline import RunOptions, _cached_predictor
+    from wsi_infer.pipeline import RunOptions
+    from wsi_infer.resources import Resources
 
     options = RunOptions(model=args.model, backend=args.backend, batch_size=args.batch_size,
                          chunk_size=args.chunk_size)
-    card, _, _, geometry, _, _, tiles = _plan(args.slide, options)
-    predictor = _cached_predictor(card, args.backend, args.device, None, args.fp16)
+    plan, _, _, tiles = _plan(args.slide, options)
+    geometry = plan.geometry
+    predictor = Resources().predictor(plan.card, args.backend, args.device, None, args.fp16)
     rng = np.random.default_rng(0)
     batch_size = predictor.batch_size(args.batch_size)  # what wsi-infer uses on this device
     batch = rng.uniform(100, 250, (batch_size, geometry.y.tile, geometry.x.tile, 3)).astype(np.float32)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wsi_infer.readers import open_slide
+from wsi_infer.rect import Rect
 from wsi_infer.resolution import plan_level, read_target
 
 #: Input normalisation of the built-in models, done outside the model:
@@ -97,7 +98,7 @@ def read_at_mpp(path: Path, mpp: float, chunk: int = 2048) -> tuple[np.ndarray, 
         for y0 in range(0, plan.height, chunk):
             for x0 in range(0, plan.width, chunk):
                 y1, x1 = min(y0 + chunk, plan.height), min(x0 + chunk, plan.width)
-                region = read_target(slide, plan, x0, y0, x1, y1)
+                region = read_target(slide, plan, Rect(x0, y0, x1, y1))
                 out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255)
     return out, math.sqrt(plan.mpp_x * plan.mpp_y)
 

@@ -12,13 +12,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from slides import tissue_image, write_pyramid
 
-from wsi_infer.pipeline import clear_caches
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    clear_caches()
-
 
 @pytest.fixture
 def tiff_slide(tmp_path: Path) -> tuple[Path, np.ndarray]:

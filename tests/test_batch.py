@@ -18,7 +18,7 @@ from slides import tissue_image, write_pyramid
 
 from wsi_infer.batch import collect_items, read_csv_manifest, run_batch
 from wsi_infer.errors import WsiInferError
-from wsi_infer.output import PROGRESS_DIR
+from wsi_infer.overlay import PROGRESS_DIR
 from wsi_infer.pipeline import RunOptions
 
 EXE = str(Path(sys.executable).parent / "wsi-infer")

@@ -157,7 +157,7 @@ def test_interrupt_stops_promptly_and_leaves_output_incomplete(sig, tmp_path, re
 
 def test_errors_md_holds_the_error_table() -> None:
     """docs/errors.md lists every error class with its exit code and HTTP status, as errors.py
-    defines them (regenerate with `python -m wsi_infer.errors`)."""
+    defines them (print it with `wsi_infer.errors.error_table()`)."""
     from wsi_infer.errors import error_table
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ from slides import SHARED, shared_slide, tissue_image, write_pyramid
 from wsi_infer.errors import ChecksumError, ModelError
 from wsi_infer.models import BareModel, load_card, resolve_model
 from wsi_infer.pipeline import RunOptions, run_slide
+from wsi_infer.rect import Rect
 
 
 def test_card_errors_name_the_field(tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_real_third_party_unet_nhwc_sigmoid(best_unet: Path, tmp_path: Path) -> 
 
     with open_slide(slide) as s:
         plan = plan_level(s, s.mpp, 8.0)  # type: ignore[arg-type]
-        reference, _ = tissue_from_rgb(read_target(s, plan, 0, 0, plan.width, plan.height), mpp=8.0,
+        reference, _ = tissue_from_rgb(read_target(s, plan, Rect(0, 0, plan.width, plan.height)), mpp=8.0,
                                        margin_um=0)
     predicted = probability > 0.6  # upstream's threshold
     dice = 2 * (predicted & reference).sum() / (predicted.sum() + reference.sum())

@@ -15,6 +15,7 @@ from wsi_infer.errors import MissingMppError, OutputError
 from wsi_infer.models import resolve_model
 from wsi_infer.pipeline import RunOptions, run_slide
 from wsi_infer.readers import open_slide
+from wsi_infer.rect import Rect
 from wsi_infer.resolution import plan_level, read_target
 
 
@@ -48,7 +49,7 @@ def test_resampled_output_matches_a_whole_image_read(tiff_slide, tmp_path) -> No
                                     tissue_mask=False, dtype="float32"))
     with open_slide(path) as slide:
         plan = plan_level(slide, slide.mpp, 1.3)  # type: ignore[arg-type]
-        whole = read_target(slide, plan, 0, 0, plan.width, plan.height)
+        whole = read_target(slide, plan, Rect(0, 0, plan.width, plan.height))
     assert plan.level == 1 and plan.width == round(700 / 1.3)  # level 1 (1.0 µm) is finer than 1.3
     result = level0(out)
     assert result.shape == (1, plan.height, plan.width)
@@ -200,6 +201,7 @@ def test_torch_backend_matches_onnxruntime(tiff_slide, tmp_path) -> None:
 
 def test_region_prediction_equals_the_whole_slide_output(tiff_slide, tmp_path) -> None:
     from wsi_infer.region import predict_region
+    from wsi_infer.resources import Resources
 
     path, _ = tiff_slide
     conv_onnx(tmp_path / "conv.onnx", kernel=7, classes=2)
@@ -207,7 +209,8 @@ def test_region_prediction_equals_the_whole_slide_output(tiff_slide, tmp_path) -
                       classes=["a", "b"], activation="softmax")
     options = RunOptions(model=str(card), tile_size=64, chunk_size=128, dtype="float32")
     run_slide(path, tmp_path / "o.zarr", options)
-    region = predict_region(path, 301, 155, 222, 190, options)
+    with Resources() as resources:
+        region = predict_region(path, Rect.of_size(301, 155, 222, 190), options, resources=resources)
     assert (region.x0, region.y0) == (301, 155)
     whole = level0(tmp_path / "o.zarr")
     np.testing.assert_allclose(region.probabilities, whole[:, 155:345, 301:523], atol=1e-6)

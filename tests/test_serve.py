@@ -20,9 +20,8 @@ import pytest
 from modelzoo import conv_onnx, write_card
 from slides import tissue_image, write_pyramid
 
-from wsi_infer.errors import Cancelled
+from wsi_infer.errors import Cancelled, QueueFullError, SlideForbiddenError, SlideNotFoundError
 from wsi_infer.predictor import Predictor
-from wsi_infer.errors import QueueFullError, SlideForbiddenError, SlideNotFoundError
 from wsi_infer.serve.batcher import BatchingPredictor, Ticket
 from wsi_infer.serve.security import resolve_slide
 

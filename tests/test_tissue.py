@@ -5,6 +5,7 @@ import pytest
 from slides import shared_slide, tissue_image
 
 from wsi_infer.readers import open_slide
+from wsi_infer.rect import Rect
 from wsi_infer.tissue import TissueMask, detect_tissue, tissue_from_rgb
 
 
@@ -37,13 +38,14 @@ def test_black_padding_beside_tissue_is_excluded() -> None:
     assert not mask[:, 310:].any() and mask[:, :250].any()
 
 
-def test_mask_lookup_in_micrometres() -> None:
+def test_mask_lookup_at_another_resolution() -> None:
     mask = np.zeros((10, 10), bool)
-    mask[2, 3] = True
+    mask[2, 3] = True  # µm [24, 32) x [16, 24)
     tm = TissueMask(mask, 8.0, 8.0, "brightfield")
-    assert tm.any_in(3 * 8, 2 * 8, 4 * 8, 3 * 8)
-    assert not tm.any_in(0, 0, 3 * 8, 2 * 8)
-    assert TissueMask.everywhere(100.0, 50.0).any_in(99.0, 49.0, 100.0, 50.0)
+    assert tm.any_in(Rect(3, 2, 4, 3), 8.0, 8.0)
+    assert not tm.any_in(Rect(0, 0, 3, 2), 8.0, 8.0)
+    assert tm.any_in(Rect(12, 8, 13, 9), 2.0, 2.0)  # µm [24, 26) x [16, 18)
+    assert not tm.any_in(Rect(16, 8, 20, 12), 2.0, 2.0)  # µm [32, 40): the next mask pixel
 
 
 @pytest.mark.realdata

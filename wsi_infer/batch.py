@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputListError, OutputError, WsiInferError
-from .output import STATUS_SKIPPED
+from .overlay import STATUS_SKIPPED
 from .pipeline import RunOptions, run_slide
 from .provenance import now
+from .resources import Resources
 
 log = logging.getLogger("wsi_infer")
 
@@ -160,28 +161,35 @@ def run_batch(items: list[BatchItem], out_dir: Path, options: RunOptions, *,
     report = BatchReport(started=now(), options=asdict(options))
     report.slides = [SlideRecord(str(item.slide), str(out_dir / f"{item.name}.zarr")) for item in items]
     write_manifest(out_dir, report)
-    for item, record in zip(items, report.slides, strict=True):
-        t0 = time.perf_counter()
-        slide_options = replace(options, mpp=item.mpp if item.mpp is not None else options.mpp)
-        try:
-            summary = run_slide(item.slide, record.output, slide_options,
-                                resume=not options.overwrite, client=client)
-        except WsiInferError as exc:
-            record.status, record.error, record.exit_code = "failed", str(exc), exc.exit_code
-            log.error("%s: failed: %s", item.slide, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: record it, go on
-            record.status, record.error, record.exit_code = "failed", f"{type(exc).__name__}: {exc}", 1
-            log.error("%s: failed with an internal error:\n%s", item.slide, traceback.format_exc())
-        else:
-            record.status = "skipped" if summary.status == STATUS_SKIPPED else "done"
-            record.tiles_run, record.tiles_skipped = summary.tiles_run, summary.tiles_skipped
-            log.info("%s: %s (%d tiles run, %d skipped) -> %s", item.slide, record.status,
-                     summary.tiles_run, summary.tiles_skipped, record.output)
-        record.seconds = round(time.perf_counter() - t0, 3)
-        write_manifest(out_dir, report)
+    with Resources() as resources:  # the model loads once for the whole batch
+        for item, record in zip(items, report.slides, strict=True):
+            _run_item(item, record, options, client, resources)
+            write_manifest(out_dir, report)
     report.finished = now()
     write_manifest(out_dir, report)
     return report
+
+
+def _run_item(item: BatchItem, record: SlideRecord, options: RunOptions, client: Any,
+              resources: Resources) -> None:
+    """Run one slide of a batch and record what happened; only an interrupt escapes."""
+    t0 = time.perf_counter()
+    slide_options = replace(options, mpp=item.mpp if item.mpp is not None else options.mpp)
+    try:
+        summary = run_slide(item.slide, record.output, slide_options,
+                            resume=not options.overwrite, client=client, resources=resources)
+    except WsiInferError as exc:
+        record.status, record.error, record.exit_code = "failed", str(exc), exc.exit_code
+        log.error("%s: failed: %s", item.slide, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug or an unexpected library error: record it, go on
+        record.status, record.error, record.exit_code = "failed", f"{type(exc).__name__}: {exc}", 1
+        log.error("%s: failed with an internal error:\n%s", item.slide, traceback.format_exc())
+    else:
+        record.status = "skipped" if summary.status == STATUS_SKIPPED else "done"
+        record.tiles_run, record.tiles_skipped = summary.tiles_run, summary.tiles_skipped
+        log.info("%s: %s (%d tiles run, %d skipped) -> %s", item.slide, record.status,
+                 summary.tiles_run, summary.tiles_skipped, record.output)
+    record.seconds = round(time.perf_counter() - t0, 3)
 
 
 def prepare_out_dir(out_dir: Path) -> None:

@@ -18,7 +18,7 @@ from . import __version__
 from .backends import BACKENDS, available_devices
 from .errors import OutputError, WsiInferError
 from .models import DEFAULT_MODEL, BareModel, builtin_models, load_card
-from .output import OutputDtype
+from .overlay import OutputDtype
 from .pipeline import RunOptions, run_slide, summary_dict
 from .readers import READERS, open_slide
 from .serve import add_serve_parser, cmd_serve

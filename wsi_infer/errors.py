@@ -129,6 +129,17 @@ class OutputInUseError(OutputError, BlockingIOError):
     http_status = 409
 
 
+class OverlayError(WsiInferError, ValueError):
+    """A folder is not a wsi-infer overlay, or not one that may be used."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class IncompleteOverlayError(OverlayError):
+    """The overlay's run has not finished (status ``running``) or failed."""
+
+
 class ServeSetupError(WsiInferError):
     """The service cannot start (missing extra, bad option)."""
 

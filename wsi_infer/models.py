@@ -84,6 +84,7 @@ class ModelCard:
     license: str
     citation: str
     path: Path
+    content_sha256: str  # of the card's canonical JSON: changes with any field of the card
 
     def weights_for(self, fmt: WeightsFormat) -> WeightsFile:
         """The weights file in ``fmt``; a clear error if the card has none."""
@@ -147,7 +148,14 @@ def parse_card(data: object, path: Path) -> ModelCard:
         license=data.get("license", "unknown"),
         citation=data.get("citation", ""),
         path=path,
+        content_sha256=canonical_sha256(data),
     )
+
+
+def canonical_sha256(data: object) -> str:
+    """sha256 of ``data`` as canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _resolve(card_path: Path, file: str) -> Path:

@@ -20,6 +20,7 @@ from .errors import ModelError
 from .models import ModelCard, sha256_of, verified_weights
 from .predictor import Predictor
 from .readers import open_slide
+from .rect import Rect
 from .resolution import plan_level, read_target
 from .tissue import detect_tissue
 
@@ -61,8 +62,8 @@ def sample_tiles(card: ModelCard, slides: Sequence[Path], count: int, *, seed: i
                 y0 = int(np.clip(cy - size[0] // 2, 0, max(plan.height - size[0], 0)))
                 x0 = int(np.clip(cx - size[1] // 2, 0, max(plan.width - size[1], 0)))
                 tile = np.full((*size, 3), 255.0, np.float32)
-                region = read_target(slide, plan, x0, y0, min(x0 + size[1], plan.width),
-                                     min(y0 + size[0], plan.height))
+                region = read_target(slide, plan, Rect(x0, y0, min(x0 + size[1], plan.width),
+                                                       min(y0 + size[0], plan.height)))
                 tile[: region.shape[0], : region.shape[1]] = region
                 tiles.append(tile)
     if not tiles:

@@ -12,11 +12,14 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
 from .readers import Mpp, SlideReader
+from .rect import Rect
+
+#: Bumped whenever a change to the resampling changes any pixel (it is part of the run key).
+RESAMPLING_VERSION = 2
 
 #: A level whose mpp is within this relative distance of the target is used as is.
 MPP_TOLERANCE = 0.02
@@ -105,8 +108,9 @@ def resample_matrix(start: int, stop: int, factor: float, src_len: int) -> tuple
 MAX_INTEGER_FACTOR = 16
 
 
-def read_target(slide: SlideReader, plan: LevelPlan, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """Read target-resolution pixels ``[y0, y1) × [x0, x1)`` as ``float32`` RGB in 0..255."""
+def read_target(slide: SlideReader, plan: LevelPlan, rect: Rect) -> np.ndarray:
+    """Read the target-resolution pixels of ``rect`` as ``float32`` RGB ``(h, w, 3)`` in 0..255."""
+    x0, y0, x1, y1 = rect.x0, rect.y0, rect.x1, rect.y1
     if not plan.resampled:
         return slide.read_region(plan.level, x0, y0, x1 - x0, y1 - y0).astype(np.float32)
     if all(f == int(f) and f <= MAX_INTEGER_FACTOR for f in (plan.factor_x, plan.factor_y)):
@@ -234,18 +238,5 @@ def read_target_whole(slide: SlideReader, plan: LevelPlan) -> np.ndarray:
         y1 = min(plan.height, y0 + step_y)
         for x0 in range(0, plan.width, step_x):
             x1 = min(plan.width, x0 + step_x)
-            out[y0:y1, x0:x1] = read_target(slide, plan, x0, y0, x1, y1)
+            out[y0:y1, x0:x1] = read_target(slide, plan, Rect(x0, y0, x1, y1))
     return out
-
-
-def lazy_target_image(slide: SlideReader, plan: LevelPlan, chunk: int = 1024) -> da.Array:
-    """The whole slide at the target resolution as a lazy ``(y, x, 3)`` uint8 dask array."""
-
-    def block(block_info: dict | None = None) -> np.ndarray:  # type: ignore[type-arg]
-        assert block_info is not None
-        (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-        return np.clip(np.rint(read_target(slide, plan, x0, y0, x1, y1)), 0, 255).astype(np.uint8)
-
-    chunks = (da.core.normalize_chunks(chunk, (plan.height,))[0],
-              da.core.normalize_chunks(chunk, (plan.width,))[0], (3,))
-    return da.map_blocks(block, chunks=chunks, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from .models import ModelCard
+from .rect import Rect
 
 Mode = Literal["crop", "blend"]
 
@@ -59,6 +60,16 @@ class AxisTiles:
 
 
 @dataclass(frozen=True)
+class Tile:
+    """Tile ``(iy, ix)`` of the grid and the top-left corner of its input window."""
+
+    iy: int
+    ix: int
+    y0: int
+    x0: int
+
+
+@dataclass(frozen=True)
 class Geometry:
     """Tiles and chunks over a ``height × width`` target image."""
 
@@ -90,10 +101,39 @@ class Geometry:
             for cx in range(cols):
                 yield cy, cx
 
-    def chunk_region(self, cy: int, cx: int) -> tuple[int, int, int, int]:
-        """Output ``(y0, y1, x0, x1)`` of chunk ``(cy, cx)``."""
+    def chunk_region(self, cy: int, cx: int) -> Rect:
+        """Output pixels of chunk ``(cy, cx)``."""
         c = self.chunk
-        return cy * c, min((cy + 1) * c, self.height), cx * c, min((cx + 1) * c, self.width)
+        return Rect(cx * c, cy * c, min((cx + 1) * c, self.width), min((cy + 1) * c, self.height))
+
+    def tiles_in_chunk(self, cy: int, cx: int) -> int:
+        """Tiles of the grid that chunk ``(cy, cx)`` owns (in blend mode, neighbours' tiles
+        also touch it)."""
+        rows = range(cy * self.chunk_tiles, min((cy + 1) * self.chunk_tiles, self.y.count))
+        cols = range(cx * self.chunk_tiles, min((cx + 1) * self.chunk_tiles, self.x.count))
+        return len(rows) * len(cols)
+
+    def tiles_for(self, region: Rect) -> list[Tile]:
+        """The tiles of the global grid that contribute to the output pixels of ``region``."""
+        return [Tile(iy, ix, self.y.start(iy), self.x.start(ix))
+                for iy in self.tiles_touching(self.y, region.y0, region.y1)
+                for ix in self.tiles_touching(self.x, region.x0, region.x1)]
+
+    def window(self, tile: Tile) -> Rect:
+        """The input pixels tile ``tile`` sees (may reach past the image: padded)."""
+        return Rect.of_size(tile.x0, tile.y0, self.x.tile, self.y.tile)
+
+    def footprint(self, tile: Tile) -> Rect:
+        """The output pixels a tile writes (crop) or covers (blend)."""
+        if self.mode == "crop":
+            (y0, y1), (x0, x1) = self.y.owned(tile.iy), self.x.owned(tile.ix)
+            return Rect(x0, y0, x1, y1)
+        return self.window(tile)
+
+    def reach(self, region: Rect) -> Rect:
+        """``region`` and a halo around it: blended tiles reach that far beyond their chunk
+        (crop mode keeps the same margin)."""
+        return region.grown(self.y.halo)
 
     def tiles_touching(self, axis: AxisTiles, a: int, b: int) -> range:
         """Tiles along ``axis`` that contribute to output pixels ``[a, b)``."""

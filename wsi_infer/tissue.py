@@ -18,7 +18,11 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from .readers import Mpp, SlideReader
+from .rect import Rect
 from .resolution import plan_level, read_target_whole
+
+#: Bumped whenever a change to the detector changes any mask (it is part of the run key).
+TISSUE_VERSION = 2
 
 #: Resolution (µm/px) of the thumbnail the mask is computed on.
 TISSUE_MPP = 8.0
@@ -51,17 +55,15 @@ class TissueMask:
     def fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def any_in(self, x0: float, y0: float, x1: float, y1: float) -> bool:
-        """Whether there is tissue in a rectangle given in micrometres."""
+    def any_in(self, rect: Rect, mpp_x: float, mpp_y: float) -> bool:
+        """Whether there is tissue in ``rect``, pixels of an image at ``mpp_x × mpp_y`` µm/px
+        aligned with the slide."""
         h, w = self.mask.shape
-        my0, my1 = max(0, math.floor(y0 / self.mpp_y)), min(h, math.ceil(y1 / self.mpp_y))
-        mx0, mx1 = max(0, math.floor(x0 / self.mpp_x)), min(w, math.ceil(x1 / self.mpp_x))
+        my0 = max(0, math.floor(rect.y0 * mpp_y / self.mpp_y))
+        my1 = min(h, math.ceil(rect.y1 * mpp_y / self.mpp_y))
+        mx0 = max(0, math.floor(rect.x0 * mpp_x / self.mpp_x))
+        mx1 = min(w, math.ceil(rect.x1 * mpp_x / self.mpp_x))
         return bool(self.mask[my0:my1, mx0:mx1].any())
-
-    @classmethod
-    def everywhere(cls, width_um: float, height_um: float) -> TissueMask:
-        """A mask that marks the whole slide as tissue (``--no-tissue-mask``)."""
-        return cls(np.ones((1, 1), bool), mpp_x=width_um, mpp_y=height_um, modality="brightfield")
 
 
 def detect_tissue(slide: SlideReader, mpp: Mpp, *, thumbnail_mpp: float = TISSUE_MPP) -> TissueMask:

@@ -60,7 +60,7 @@ def _open_with(name: str, path: Path) -> SlideReader:
         slide = READERS[name](path)
     except SlideOpenError:
         raise
-    except Exception as exc:  # noqa: BLE001 - see above
+    except Exception as exc:
         raise SlideOpenError(f"{path}: {name} cannot parse it: {type(exc).__name__}: {exc}") from exc
     try:
         _check_pyramid(slide)
@@ -73,7 +73,7 @@ def _open_with(name: str, path: Path) -> SlideReader:
 def _check_pyramid(slide: SlideReader) -> None:
     try:
         dimensions, downsamples = slide.level_dimensions, slide.level_downsamples
-    except Exception as exc:  # noqa: BLE001 - metadata of a damaged file
+    except Exception as exc:
         raise SlideOpenError(f"{slide.path}: corrupt pyramid metadata: {type(exc).__name__}: "
                              f"{exc}") from exc
     if not dimensions or any(w <= 0 or h <= 0 for w, h in dimensions):

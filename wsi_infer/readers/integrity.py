@@ -53,7 +53,7 @@ def check_tiff_integrity(path: Path) -> None:
                         f"ends at byte {end} but the file has {size} bytes")
     except SlideOpenError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a damaged header makes tifffile fail in any way
+    except Exception as exc:
         raise SlideOpenError(f"{path}: corrupt TIFF structure: {type(exc).__name__}: {exc}") from exc
     finally:
         logger.removeHandler(collect)

@@ -27,7 +27,7 @@ from ..errors import (
     UnknownModelError,
     WsiInferError,
 )
-from ..pipeline import MAX_SLIDE_SIDE
+from ..plan import MAX_SLIDE_SIDE
 from .batcher import Ticket
 from .encode import MEDIA_TYPES, AnswerDtype, AnswerFormat, answer_headers, encode_answer
 from .metrics import CONTENT_TYPE
@@ -181,7 +181,8 @@ def _answer(service: Service, model_name: str, path: Any, body: InferRequest, ti
     """Predict and encode (in a region thread)."""
     model = service.models[model_name]
     prediction = predict_served_region(
-        model, path, body.x, body.y, body.width, body.height, ticket=ticket, mpp=body.mpp,
+        model, path, body.x, body.y, body.width, body.height, ticket=ticket,
+        resources=service.resources, mpp=body.mpp,
         tiling=service.config.tiling, max_output_pixels=service.config.max_region_pixels)
     content = encode_answer(prediction, fmt, dtype, class_name)
     return content, answer_headers(prediction, fmt, dtype, ticket)

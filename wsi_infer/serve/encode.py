@@ -9,7 +9,7 @@ from typing import Literal
 import imagecodecs
 import numpy as np
 
-from ..output import encode as stored_values
+from ..overlay import encode as stored_values
 from ..region import RegionPrediction
 from .batcher import Ticket
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -14,10 +15,11 @@ import numpy as np
 from ..backends import BackendName, create_backend
 from ..errors import RegionTooLargeError
 from ..models import ModelCard, resolve_model
-from ..pipeline import _cached_slide, plan_slide
+from ..plan import RunOptions, plan_run
 from ..predictor import Predictor
-from ..region import RegionPrediction, output_rectangle
-from ..resolution import read_target
+from ..rect import Rect
+from ..region import RegionPrediction
+from ..resources import Resources
 from ..stitching import predict_window
 from .batcher import BatchingPredictor, Ticket
 
@@ -63,6 +65,7 @@ def predict_served_region(
     height: int,
     *,
     ticket: Ticket,
+    resources: Resources,
     mpp: float | None = None,
     tiling: Tiling = Tiling(),
     max_output_pixels: int | None = None,
@@ -71,13 +74,16 @@ def predict_served_region(
     batcher under ``ticket`` (all tiles of a region are queued together, up to ``max_batch``
     at a time, so they run in as few batches as possible and mix with other requests' tiles).
 
-    Same level plan, tile grid, halo and reads as ``predict_region``; no tissue mask.
+    Planned as ``predict_region`` and a whole-slide run are (``plan_run``); no tissue mask.
+    Slides are opened once in ``resources``.
     """
     started = time.perf_counter()
     card = model.card
-    slide = _cached_slide(str(slide_path), "auto")
-    slide_mpp, plan, geometry = plan_slide(slide, card, mpp=mpp, tile_size=tiling.tile_size,
-                                           halo=tiling.halo)
+    slide = resources.slide(slide_path)
+    options = RunOptions(model=model.spec, mpp=mpp, tile_size=tiling.tile_size,
+                         halo=tiling.halo, tissue_mask=False)
+    run = plan_run(slide, card, options, fingerprint=resources.fingerprint(slide_path))
+    plan, slide_mpp = run.level, run.mpp
     wanted_w = math.ceil(width * slide_mpp.x / plan.mpp_x)
     wanted_h = math.ceil(height * slide_mpp.y / plan.mpp_y)
     if max_output_pixels is not None and wanted_w * wanted_h > max_output_pixels:
@@ -85,17 +91,13 @@ def predict_served_region(
             f"the region is {wanted_w} x {wanted_h} = {wanted_w * wanted_h} px at the model's "
             f"{plan.mpp_x:.4g} µm/px; this service allows at most {max_output_pixels} px per "
             "request: ask for smaller regions")
-    ox0, oy0, ox1, oy1 = output_rectangle(plan, slide_mpp, x, y, width, height)
-
-    def read(ry0: int, ry1: int, rx0: int, rx1: int) -> np.ndarray:
-        return read_target(slide, plan, rx0, ry0, rx1, ry1)
-
+    rect = run.output_rect(Rect.of_size(x, y, width, height))
     batcher = model.batcher
-    result = predict_window(read, geometry, (oy0, oy1, ox0, ox1),
+    result = predict_window(partial(run.read, slide), run.geometry, rect,
                             cast(Predictor, batcher.for_ticket(ticket)),
                             batch_size=min(batcher.max_batch, batcher.max_queue),
                             has_tissue=None)
     return RegionPrediction(
-        probabilities=result.probabilities, x0=ox0, y0=oy0, mpp_x=plan.mpp_x, mpp_y=plan.mpp_y,
+        probabilities=result.probabilities, x0=rect.x0, y0=rect.y0, mpp_x=plan.mpp_x, mpp_y=plan.mpp_y,
         slide_mpp=slide_mpp, classes=card.classes, model=card.name, tiles_run=result.tiles_run,
         seconds=time.perf_counter() - started)

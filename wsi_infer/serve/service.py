@@ -11,6 +11,7 @@ from pathlib import Path
 from ..backends import BackendName
 from ..errors import ModelError, UnknownModelError
 from ..models import DEFAULT_MODEL
+from ..resources import Resources
 from .batcher import BatchingPredictor
 from .metrics import ServeMetrics
 from .regions import DEFAULT_MAX_REGION_PIXELS, LoadedModel, Tiling, load_predictor
@@ -44,6 +45,7 @@ class Service:
         self.config = config
         self.root = config.slides_root.resolve()
         self.metrics = ServeMetrics()
+        self.resources = Resources()  # the slides requests read (models load behind batchers)
         self.models: dict[str, LoadedModel] = {}
         self.pending = 0  # requests being answered (touched by the event loop only)
         try:
@@ -90,3 +92,4 @@ class Service:
         executor = getattr(self, "executor", None)
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+        self.resources.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from wsi_infer.models import builtin_models
-from wsi_infer.pipeline import RunOptions, clear_caches, run_slide
+from wsi_infer.pipeline import RunOptions, run_slide
 from wsi_infer.synthetic import make_slide
 
 SHARED_SLIDES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "slides"
@@ -24,11 +24,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "make_napari_viewer" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    clear_caches()
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +57,5 @@ def overlay_path(slide_path: Path, model: str, tmp_path_factory: pytest.TempPath
     out = tmp_path_factory.mktemp("overlay") / "synthetic.tissue.zarr"
     summary = run_slide(slide_path, out, RunOptions(model=model, workers=2))
     assert summary.status == "complete"
-    clear_caches()
     return out
 

@@ -151,14 +151,14 @@ def test_thumbnail_blends_overlay(slide_path: Path, overlay_path: Path, tmp_path
 def write_overlay(path: Path, height: int, width: int, *, complete: bool) -> np.ndarray:
     """A 2-class uint8 overlay of random probabilities at 2 µm/px on a 0.5 µm/px slide, written
     with wsi-infer's own writer; returns its level 0."""
-    from wsi_infer.output import OverlaySpec, OverlayWriter, store_chunk
+    from wsi_infer.overlay import OverlaySpec, OverlayWriter
 
     spec = OverlaySpec(height=height, width=width, chunk=512, class_names=("tumour", "stroma"),
                        class_colors=("#d62728", "#1f77b4"), mpp_x=2.0, mpp_y=2.0,
                        slide_mpp_x=0.5, slide_mpp_y=0.5)
     writer = OverlayWriter.create(path, spec, {"model": {"name": "random"}})
     probabilities = np.random.default_rng(0).random((2, height, width), dtype=np.float32)
-    store_chunk(path, 0, 0, probabilities, "uint8")
+    writer.store_chunk(0, 0, probabilities)
     if complete:
         writer.build_pyramid()
         writer.set_status("complete")
@@ -166,7 +166,7 @@ def write_overlay(path: Path, height: int, width: int, *, complete: bool) -> np.
 
 
 def test_live_pyramid_equals_the_final_one(tmp_path: Path) -> None:
-    from wsi_infer.output import OverlayWriter
+    from wsi_infer.overlay import OverlayWriter
 
     from napari_wsi_infer._overlay import overlay_pyramid
 

@@ -14,7 +14,7 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 from raster import iou, rasterize
 from wsi_infer.errors import Cancelled
-from wsi_infer.output import PROGRESS_DIR, read_status
+from wsi_infer.overlay import PROGRESS_DIR, read_status
 from wsi_infer.readers import open_slide
 
 from napari_wsi_infer._widget import WsiInferWidget
@@ -230,7 +230,8 @@ def test_field_of_view_run(make_napari_viewer, qtbot, slide_path: Path, model: s
     camera(viewer).center = (700.0, 900.0)  # µm
     camera(viewer).zoom = 2.0  # screen pixels per µm
 
-    x, y, w, h = visible_region(viewer, slide)
+    rect = visible_region(viewer, slide)
+    x, y, w, h = rect.x0, rect.y0, rect.width, rect.height
     ch, cw = canvas_size(viewer)
     assert abs(w - cw / 2.0 / 0.5) <= 2 and abs(h - ch / 2.0 / 0.5) <= 2
     assert abs(x + w / 2 - 1800) <= 1 and abs(y + h / 2 - 1400) <= 1

@@ -6,8 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
-
-Rect = tuple[int, int, int, int]  # x, y, width, height in level-0 pixels
+from wsi_infer.rect import Rect
 
 
 def canvas_size(viewer: Any) -> tuple[int, int]:
@@ -33,7 +32,7 @@ def visible_world_box(viewer: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def visible_region(viewer: Any, slide_layer: Any) -> Rect:
-    """Level-0 pixels ``(x, y, width, height)`` of ``slide_layer`` inside the canvas.
+    """Level-0 pixels of ``slide_layer`` inside the canvas.
 
     The slide layer puts pixel ``i`` at data coordinates ``[i - 0.5, i + 0.5)``; every pixel
     that the canvas shows, even partly, is included.  Raises ``ValueError`` when the canvas
@@ -48,4 +47,4 @@ def visible_region(viewer: Any, slide_layer: Any) -> Rect:
     x1 = min(width, math.ceil(d1[1] + 0.5))
     if x1 <= x0 or y1 <= y0:
         raise ValueError("the canvas shows no part of the slide: pan or zoom onto it first")
-    return x0, y0, x1 - x0, y1 - y0
+    return Rect(x0, y0, x1, y1)

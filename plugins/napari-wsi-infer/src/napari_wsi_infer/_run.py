@@ -14,9 +14,9 @@ from napari.qt.threading import FunctionWorker, thread_worker
 from wsi_infer.backends import onnx_backend, torch_backend
 from wsi_infer.models import resolve_model
 from wsi_infer.pipeline import RunOptions, RunSummary, run_slide
+from wsi_infer.rect import Rect
 from wsi_infer.region import RegionPrediction, predict_region
-
-from ._fov import Rect
+from wsi_infer.resources import Resources
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -51,27 +51,26 @@ class SlideRun:
 
 def start_slide_run(slide_path: str | os.PathLike[str], output: str | os.PathLike[str],
                     options: RunOptions, progress: ProgressCallback | None = None,
-                    *, start: bool = True) -> SlideRun:
+                    *, start: bool = True, resources: Resources | None = None) -> SlideRun:
     """Run ``wsi_infer.pipeline.run_slide`` in a worker thread.
 
     ``progress(done, total)`` is called from the run's threads (connect it to a Qt signal to
     reach the GUI).  With ``resume``, an output that is already complete is reused and an
     unfinished one is completed.  Connect to ``run.worker.returned/errored`` before ``start``
-    when ``start=False``.
+    when ``start=False``.  ``resources`` (the widget's) keep the model loaded between runs.
     """
     stop = threading.Event()
     worker = thread_worker(run_slide, start_thread=False, ignore_errors=True)(
         str(slide_path), str(output), options, progress=progress, should_stop=stop.is_set,
-        resume=True)
+        resume=True, resources=resources)
     run = SlideRun(worker, Path(output), stop)
     if start:
         worker.start()
     return run
 
 
-def predict_fov(slide_path: str | os.PathLike[str], rect: Rect,
-                options: RunOptions) -> RegionPrediction:
-    """Predict the level-0 rectangle ``(x, y, width, height)`` with batch size 1 (latency)."""
-    x, y, width, height = rect
-    return predict_region(slide_path, x, y, width, height,
-                          dataclasses.replace(options, batch_size=1))
+def predict_fov(slide_path: str | os.PathLike[str], rect: Rect, options: RunOptions, *,
+                resources: Resources) -> RegionPrediction:
+    """Predict the level-0 rectangle ``rect`` with batch size 1 (latency)."""
+    return predict_region(slide_path, rect, dataclasses.replace(options, batch_size=1),
+                          resources=resources)

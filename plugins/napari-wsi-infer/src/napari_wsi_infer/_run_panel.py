@@ -28,6 +28,7 @@ from wsi_infer.errors import Cancelled, WsiInferError
 from wsi_infer.models import builtin_models, resolve_model
 from wsi_infer.pipeline import RunOptions, RunSummary
 from wsi_infer.region import RegionPrediction
+from wsi_infer.resources import Resources
 
 from ._fov import visible_region
 from ._layers import META, layers_of, overlay_layer_data, region_layer_data
@@ -62,6 +63,9 @@ class RunPanel(QGroupBox):
         self._fov_clicked = 0.0
         self._generation = 0
         self._last_refresh = 0.0
+        #: Slides, models and tissue masks of this widget's runs (closed with the widget).
+        self.resources = Resources()
+        self.destroyed.connect(self.resources.close)
         self.progress.connect(self._on_progress)
         self._build()
 
@@ -212,7 +216,8 @@ class RunPanel(QGroupBox):
         self.last_summary, self.last_error = None, None
         self.progress_bar.setRange(0, 0)
         self.status_label.setText(f"Running {options.model} on {Path(slide).name} → {output.name}…")
-        self.run = start_slide_run(slide, output, options, self.progress.emit, start=False)
+        self.run = start_slide_run(slide, output, options, self.progress.emit, start=False,
+                                   resources=self.resources)
         self.run.worker.returned.connect(self._on_run_returned)
         self.run.worker.errored.connect(self._on_run_errored)
         self.run.worker.finished.connect(self._on_run_finished)
@@ -303,10 +308,10 @@ class RunPanel(QGroupBox):
             return
         slide = layer.metadata[META]["path"]
         self.last_error = None
-        self.status_label.setText(f"Field of view x={rect[0]} y={rect[1]} {rect[2]}×{rect[3]} px…")
+        self.status_label.setText(f"Field of view x={rect.x0} y={rect.y0} {rect.width}×{rect.height} px…")
         self._fov_clicked = time.perf_counter()
         worker = thread_worker(predict_fov, start_thread=False, ignore_errors=True)(
-            slide, rect, options)
+            slide, rect, options, resources=self.resources)
         worker.returned.connect(lambda prediction: self._on_fov(prediction, slide, model_name))
         worker.errored.connect(self._on_fov_errored)
         worker.finished.connect(self._on_fov_finished)

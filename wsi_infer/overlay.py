@@ -1,4 +1,5 @@
-"""Write probabilities into a multiscale OME-Zarr (NGFF 0.4) overlay with provenance.
+"""The overlay format, written and read in this one place: a multiscale OME-Zarr (NGFF 0.4)
+of probabilities with provenance, its status and its owner.
 
 Layout: ``c, y, x`` arrays ``0, 1, ...``; level 0 at the output mpp, each further level 2×
 smaller until the longest side is at most :data:`PYRAMID_MIN_SIZE`.  Scales are in
@@ -7,14 +8,16 @@ where it lies on the slide when both are drawn with pixel centres at ``index × 
 (napari, NGFF), so the overlay lands exactly on a slide layer scaled by its own mpp.
 
 ``attrs["wsi_infer"]["status"]`` reads ``"running"`` until the last chunk and the pyramid are
-written, then ``"complete"``: readers must treat anything else as incomplete.
+written, then ``"complete"``: readers must treat anything else as incomplete.  An output has
+one owner at a time (:mod:`wsi_infer.ownership`); its ``run_id`` is in the provenance, and the
+writer marks the output complete only while its run still owns it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,9 +27,12 @@ import numcodecs
 import numpy as np
 import zarr
 
-from .errors import OutputError
+from .errors import IncompleteOverlayError, OutputError, OverlayError
+from .ownership import OutputLock
 
 OutputDtype = Literal["uint8", "float16", "float32"]
+#: Bumped whenever the layout or the stored values change (it is part of the run key).
+FORMAT_VERSION = 1
 PYRAMID_MIN_SIZE = 1024
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_FAILED = "running", "complete", "failed"
 STATUS_SKIPPED = "skipped"  # a run that found its output already complete
@@ -102,15 +108,20 @@ def multiscales_metadata(spec: OverlaySpec, name: str) -> dict[str, Any]:
 class OverlayWriter:
     """Creates the OME-Zarr, takes chunks as they finish, then builds the pyramid."""
 
-    def __init__(self, path: Path, group: zarr.Group, spec: OverlaySpec) -> None:
+    def __init__(self, path: Path, group: zarr.Group, spec: OverlaySpec,
+                 lock: OutputLock | None = None) -> None:
         self.path = path
         self.group = group
         self.spec = spec
+        self.lock = lock
         self.level0: zarr.Array = group["0"]  # type: ignore[assignment]
 
     @classmethod
-    def create(cls, path: Path, spec: OverlaySpec, provenance: dict[str, Any], *, overwrite: bool = False) -> OverlayWriter:
-        """Create the store with status ``running``; refuse to clobber unless ``overwrite``."""
+    def create(cls, path: Path, spec: OverlaySpec, provenance: dict[str, Any], *,
+               overwrite: bool = False, lock: OutputLock | None = None) -> OverlayWriter:
+        """Create the store with status ``running``; refuse to clobber unless ``overwrite``.
+        ``lock`` (held by the caller) makes this run the output's owner: its run id goes into
+        the provenance."""
         if path.exists():
             if not overwrite:
                 raise OutputError(f"{path}: output already exists; pass --overwrite to replace it")
@@ -126,31 +137,31 @@ class OverlayWriter:
                     chunk_key_encoding=_V2_KEYS,  # type: ignore[arg-type]
                 )
             attrs = multiscales_metadata(spec, name=path.stem)
-            attrs["wsi_infer"] = {**provenance, "status": STATUS_RUNNING}
+            owner = {"run_id": lock.run_id} if lock is not None else {}
+            attrs["wsi_infer"] = {**provenance, **owner, "status": STATUS_RUNNING}
             group.attrs.update(attrs)
         except OSError as exc:
             raise OutputError(f"{path}: cannot create output: {exc}") from exc
-        return cls(path, group, spec)
+        return cls(path, group, spec, lock)
 
     @classmethod
-    def open(cls, path: Path) -> OverlayWriter:
-        """Reopen an unfinished overlay to resume it."""
+    def open(cls, path: Path, *, lock: OutputLock | None = None) -> OverlayWriter:
+        """Reopen an unfinished overlay to resume it (as the run holding ``lock``)."""
+        info = open_overlay(path, allow_incomplete=True)
         group = zarr.open_group(str(path), mode="r+")
-        attrs: dict[str, Any] = group.attrs.asdict()
-        channels = attrs["omero"]["channels"]
-        transforms = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
-        scale, translation = transforms[0]["scale"], transforms[1]["translation"]
-        level0 = group["0"]
         spec = OverlaySpec(
-            height=level0.shape[1], width=level0.shape[2], chunk=level0.chunks[1],  # type: ignore[union-attr]
-            class_names=tuple(c["label"] for c in channels),
-            class_colors=tuple("#" + c["color"] for c in channels),
-            mpp_x=scale[2], mpp_y=scale[1], slide_mpp_x=scale[2] - 2 * translation[2],
-            slide_mpp_y=scale[1] - 2 * translation[1], dtype=str(level0.dtype),  # type: ignore[arg-type,union-attr]
+            height=info.shape[0], width=info.shape[1], chunk=info.chunk, class_names=info.classes,
+            class_colors=info.colors, mpp_x=info.scale[1], mpp_y=info.scale[0],
+            slide_mpp_x=info.slide_mpp[1], slide_mpp_y=info.slide_mpp[0],
+            dtype=info.dtype,  # type: ignore[arg-type]
         )
-        writer = cls(path, group, spec)
-        writer.set_status(STATUS_RUNNING)
+        writer = cls(path, group, spec, lock)
+        writer.set_status(STATUS_RUNNING, **({"run_id": lock.run_id} if lock is not None else {}))
         return writer
+
+    def store_chunk(self, y0: int, x0: int, probabilities: np.ndarray) -> None:
+        """Write a ``(classes, h, w)`` block of probabilities into level 0 at ``(y0, x0)``."""
+        store_chunk(self.level0, self.path, y0, x0, probabilities, self.spec.dtype)
 
     def done_chunks(self) -> set[tuple[int, int]]:
         """Level-0 chunks whose write finished (marker files)."""
@@ -180,8 +191,21 @@ class OverlayWriter:
                 raise OutputError(f"{self.path}: cannot write pyramid level {level}: {exc}") from exc
 
     def set_status(self, status: str, **extra: Any) -> None:
-        """Update the provenance status (and any extra fields such as timings)."""
-        info = dict(self.group.attrs["wsi_infer"])  # type: ignore[arg-type]
+        """Update the provenance status (and any extra fields such as timings).
+
+        The provenance is read back from the store, not from memory; a writer with a lock
+        refuses to write unless its run still owns the output (the lock, and the run id on
+        disk), so a run that lost its output never marks another run's pixels complete."""
+        try:
+            info = dict(zarr.open_group(str(self.path), mode="r").attrs["wsi_infer"])  # type: ignore[arg-type]
+        except (OSError, KeyError, ValueError, zarr.errors.NodeNotFoundError) as exc:
+            raise OutputError(f"{self.path}: cannot read its metadata: {exc}") from exc
+        if self.lock is not None:
+            self.lock.check()
+            on_disk = info.get("run_id")
+            if status != STATUS_RUNNING and on_disk != self.lock.run_id:
+                raise OutputError(f"{self.path}: another run ({on_disk}) has taken the output "
+                                  f"over; not marking it {status}")
         info.update(extra, status=status)
         try:
             self.group.attrs["wsi_infer"] = info
@@ -189,23 +213,23 @@ class OverlayWriter:
             raise OutputError(f"{self.path}: cannot write metadata: {exc}") from exc
 
 
-@lru_cache(maxsize=8)
-def _level0(path: str) -> zarr.Array:
-    return zarr.open_array(str(Path(path) / "0"), mode="r+")  # type: ignore[return-value]
+def open_level0(path: Path) -> zarr.Array:
+    """Level 0 of an overlay, for writing chunks into it."""
+    try:
+        return zarr.open_array(str(path / "0"), mode="r+")  # type: ignore[return-value]
+    except (OSError, ValueError, zarr.errors.NodeNotFoundError) as exc:
+        raise OutputError(f"{path}: cannot open the output for writing: {exc}") from exc
 
 
-def store_chunk(path: Path, y0: int, x0: int, probabilities: np.ndarray, dtype: OutputDtype) -> None:
-    """Write a ``(classes, h, w)`` block of probabilities into level 0 at ``(y0, x0)``."""
+def store_chunk(level0: zarr.Array, path: Path, y0: int, x0: int, probabilities: np.ndarray,
+                dtype: OutputDtype) -> None:
+    """Write a ``(classes, h, w)`` block of probabilities into ``level0`` (of the overlay at
+    ``path``) at ``(y0, x0)``."""
     _, h, w = probabilities.shape
     try:
-        _level0(str(path))[:, y0 : y0 + h, x0 : x0 + w] = encode(probabilities, dtype)
+        level0[:, y0 : y0 + h, x0 : x0 + w] = encode(probabilities, dtype)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write chunk at y={y0} x={x0}: {exc}") from exc
-
-
-def forget_open_outputs() -> None:
-    """Drop cached handles to level-0 arrays (after a run, or when a store was replaced)."""
-    _level0.cache_clear()
 
 
 def mark_chunk_done(path: Path, cy: int, cx: int) -> None:
@@ -249,14 +273,18 @@ def _mean2x2(block: np.ndarray) -> np.ndarray:
     return np.multiply(a, np.float32(0.25)).astype(block.dtype)
 
 
-def existing_run(path: Path) -> dict[str, Any] | None:
-    """The provenance of an existing overlay of ours at ``path``, or ``None``."""
-    if not path.exists():
+def _attrs(path: Path) -> dict[str, Any] | None:
+    if not path.is_dir() or not (path / ".zattrs").is_file():
         return None
     try:
-        info = zarr.open_group(str(path), mode="r").attrs.get("wsi_infer")
+        return dict(zarr.open_group(str(path), mode="r").attrs.asdict())
     except (OSError, ValueError, KeyError, zarr.errors.NodeNotFoundError):
         return None
+
+
+def existing_run(path: Path) -> dict[str, Any] | None:
+    """The provenance of an existing overlay of ours at ``path``, or ``None``."""
+    info = (_attrs(path) or {}).get("wsi_infer")
     return dict(info) if isinstance(info, dict) and "status" in info else None
 
 
@@ -264,6 +292,91 @@ def read_status(path: Path) -> str | None:
     """The run status of an existing overlay, or ``None`` if it is not one of ours."""
     info = existing_run(path)
     return str(info["status"]) if info is not None else None
+
+
+@dataclass(frozen=True)
+class OverlayInfo:
+    """What a reader needs to know about an overlay: classes, geometry, status, provenance."""
+
+    path: Path
+    classes: tuple[str, ...]
+    colors: tuple[str, ...]  # "#RRGGBB"
+    shape: tuple[int, int]  # level-0 (height, width)
+    chunk: int  # level-0 chunk side
+    scale: tuple[float, float]  # level-0 µm per pixel (y, x)
+    translate: tuple[float, float]  # level-0 µm of the centre of pixel (0, 0) (y, x)
+    slide_mpp: tuple[float, float]  # (y, x)
+    slide_path: str | None
+    model: str
+    status: str
+    error: str | None
+    dtype: str
+    level_paths: tuple[str, ...]
+    provenance: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+    @property
+    def value_max(self) -> float:
+        """Stored value of probability 1 (255 for uint8, 1 for floats)."""
+        return 255.0 if self.dtype == "uint8" else 1.0
+
+
+def is_overlay(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder whose attributes have ``multiscales`` and ``wsi_infer``."""
+    attrs = _attrs(Path(path))
+    return attrs is not None and "multiscales" in attrs and "wsi_infer" in attrs
+
+
+def open_overlay(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> OverlayInfo:
+    """Read an overlay's metadata; refuse (:class:`IncompleteOverlayError`) one whose status
+    is not ``complete`` unless ``allow_incomplete`` (a run being watched or resumed)."""
+    path = Path(path)
+    attrs = _attrs(path)
+    if attrs is None or "multiscales" not in attrs or "wsi_infer" not in attrs:
+        raise OverlayError(f"{path}: not a wsi-infer overlay (no multiscales/wsi_infer in .zattrs)")
+    info = _parse(path, attrs)
+    if not info.complete and not allow_incomplete:
+        reason = f" ({info.error})" if info.error else ""
+        raise IncompleteOverlayError(
+            f"{path}: this overlay is incomplete: its status is {info.status!r}{reason}, not "
+            "'complete'. Let the run finish, or resume it (run the same command again), then "
+            "open it again.")
+    return info
+
+
+def _parse(path: Path, attrs: dict[str, Any]) -> OverlayInfo:
+    try:
+        datasets = attrs["multiscales"][0]["datasets"]
+        transforms = {t["type"]: t for t in datasets[0]["coordinateTransformations"]}
+        scale = transforms["scale"]["scale"][-2:]
+        translation = transforms.get("translation", {"translation": [0.0, 0.0]})["translation"][-2:]
+        channels = attrs["omero"]["channels"]
+        provenance = dict(attrs["wsi_infer"])
+        level0 = zarr.open_array(str(path / datasets[0]["path"]), mode="r")
+    except (KeyError, IndexError, TypeError, OSError, zarr.errors.NodeNotFoundError) as exc:
+        raise OverlayError(f"{path}: malformed wsi-infer overlay metadata: {exc!r}") from exc
+    slide = provenance.get("slide") or {}
+    return OverlayInfo(
+        path=path,
+        classes=tuple(str(c.get("label", f"class {i}")) for i, c in enumerate(channels)),
+        colors=tuple("#" + str(c.get("color", "FFFFFF")).lstrip("#") for c in channels),
+        shape=(int(level0.shape[-2]), int(level0.shape[-1])),
+        chunk=int(level0.chunks[-2]),
+        scale=(float(scale[0]), float(scale[1])),
+        translate=(float(translation[0]), float(translation[1])),
+        slide_mpp=(float(slide.get("mpp_y", scale[0] - 2 * translation[0])),
+                   float(slide.get("mpp_x", scale[1] - 2 * translation[1]))),
+        slide_path=slide.get("path"),
+        model=str((provenance.get("model") or {}).get("name", "model")),
+        status=str(provenance.get("status", "unknown")),
+        error=provenance.get("error"),
+        dtype=str(level0.dtype),
+        level_paths=tuple(str(d["path"]) for d in datasets),
+        provenance=provenance,
+    )
 
 
 def _remove(path: Path) -> None:
