@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -145,3 +146,31 @@ def test_real_third_party_unet_agrees_with_builtin_tissue_model(best_unet: Path,
     dice = 2 * (unet & coarse).sum() / (unet.sum() + coarse.sum())
     print(f"best_unet (8 µm) vs built-in tissue model (4 µm) on CMU-1-Small-Region: Dice {dice:.3f}")
     assert dice > 0.8
+
+
+def test_an_installed_wheel_finds_its_built_in_models_under_any_prefix(tmp_path: Path) -> None:
+    """A wheel installed with --prefix (or --user) puts the models where its install scheme
+    puts data, not under sys.prefix: they are found through the wheel's own file list."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "w"),
+                    str(root)], check=True, capture_output=True)
+    wheel = next((tmp_path / "w").glob("wsi_infer-*.whl"))
+    prefix = tmp_path / "prefix"
+    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True,
+                   capture_output=True)
+    site = next(prefix.glob("lib/python*/site-packages"))
+    here = [p for p in sys.path if p.endswith("site-packages")]
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsi_infer.models as m; print(m.__file__); "
+         "print(m.BUILTIN_MODELS_DIR); print(sorted(m.builtin_models()))"],
+        capture_output=True, text=True, cwd=tmp_path, check=True,
+        env={"PYTHONPATH": os.pathsep.join([str(site), *here]), "PATH": os.environ["PATH"],
+             "PYTHONNOUSERSITE": "1"}, )
+    module, models_dir, names = result.stdout.splitlines()
+    assert module.startswith(str(site))
+    assert Path(models_dir) == prefix / "share" / "wsi-infer" / "models"
+    assert names == "['nuclei', 'tissue']"

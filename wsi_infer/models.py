@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,12 +22,21 @@ from .errors import ChecksumError, ModelError
 WeightsFormat = Literal["onnx", "torchscript"]
 Activation = Literal["softmax", "sigmoid", "none"]
 def _builtin_models_dir() -> Path:
-    """``$WSI_INFER_MODELS``, else ``models/`` of the source tree, else the installed copy."""
+    """``$WSI_INFER_MODELS``, else ``models/`` of the source tree (a checkout, an editable
+    install), else where the installed wheel put them (its RECORD names the files, wherever
+    the install scheme put its data: a venv, ``--user``, ``--prefix``)."""
     if "WSI_INFER_MODELS" in os.environ:
         return Path(os.environ["WSI_INFER_MODELS"])
     source_tree = Path(__file__).resolve().parents[1] / "models"
     if source_tree.is_dir():
         return source_tree
+    try:
+        files = metadata.distribution("wsi-infer").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name == "card.json" and "/".join(file.parts[-4:-2]) == "wsi-infer/models":
+            return Path(str(file.locate())).resolve().parents[1]
     return Path(sys.prefix) / "share" / "wsi-infer" / "models"
 
 
