@@ -165,8 +165,8 @@ def test_an_installed_wheel_finds_its_built_in_models_under_any_prefix(tmp_path:
     site = next(prefix.glob("lib/python*/site-packages"))
     here = [p for p in sys.path if p.endswith("site-packages")]
     result = subprocess.run(
-        [sys.executable, "-c", "import wsi_infer.models as m; print(m.__file__); "
-         "print(m.BUILTIN_MODELS_DIR); print(sorted(m.builtin_models()))"],
+        [sys.executable, "-c", ("import wsi_infer.models as m; print(m.__file__); "
+                                "print(m.BUILTIN_MODELS_DIR); print(sorted(m.builtin_models()))")],
         capture_output=True, text=True, cwd=tmp_path, check=True,
         env={"PYTHONPATH": os.pathsep.join([str(site), *here]), "PATH": os.environ["PATH"],
              "PYTHONNOUSERSITE": "1"}, )
