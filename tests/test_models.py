@@ -160,8 +160,9 @@ def test_an_installed_wheel_finds_its_built_in_models_under_any_prefix(tmp_path:
                     str(root)], check=True, capture_output=True)
     wheel = next((tmp_path / "w").glob("wsi_infer-*.whl"))
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True,
-                   capture_output=True)
+    # --ignore-installed: never uninstall the wsi-infer this test runs with
+    subprocess.run([*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(prefix),
+                    str(wheel)], check=True, capture_output=True)
     site = next(prefix.glob("lib/python*/site-packages"))
     here = [p for p in sys.path if p.endswith("site-packages")]
     result = subprocess.run(
